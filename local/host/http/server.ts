@@ -1,0 +1,268 @@
+/**
+ * The HTTP front end: route, check the method and the key, read the body (bounded), invoke,
+ * write the function's response. Host-made errors are `{"code","message"}` JSON bodies.
+ *
+ * Keys work as in Azure Functions (https://learn.microsoft.com/azure/azure-functions/function-keys-how-to):
+ * `x-functions-key` header or `code` query parameter; `function` level accepts the function
+ * key or the admin (master) key, `admin` level only the admin key.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { RegisteredFunction } from '../core-api';
+import type { RpcHttpData, RpcInvocationResponse } from '../core-types';
+import { HostError } from '../errors';
+import type { Invoker } from '../invoker';
+import { bodyBytes, HOP_BY_HOP, serializeCookie, toRpcHttp } from './convert';
+import { comparePrecedence, compileRoute, matchRoute, type CompiledRoute } from './route';
+
+export type AuthLevel = 'anonymous' | 'function' | 'admin';
+
+export interface HttpFunction {
+  fn: RegisteredFunction;
+  triggerName: string;
+  route: CompiledRoute;
+  /** Upper-case; undefined = every method. */
+  methods: string[] | undefined;
+  authLevel: AuthLevel;
+}
+
+export interface HttpFrontEndOptions {
+  routePrefix: string;
+  functionKey: string;
+  adminKey: string;
+  maxBodyBytes: number;
+  invoker: Invoker;
+  logger: Logger;
+}
+
+/** Describes an httpTrigger binding as a routable function. */
+export function toHttpFunction(fn: RegisteredFunction, triggerName: string, binding: Record<string, unknown>): HttpFunction {
+  const name = fn.metadata.name;
+  const template = typeof binding.route === 'string' && binding.route.trim() !== '' ? binding.route : name;
+  const methods = Array.isArray(binding.methods) && binding.methods.length > 0 ? binding.methods.map((m) => String(m).toUpperCase()) : undefined;
+  const level = String(binding.authLevel ?? 'function').toLowerCase();
+  if (level !== 'anonymous' && level !== 'function' && level !== 'admin') {
+    throw new HostError('InvalidRoute', `Function '${name}' has authLevel "${level}"; use anonymous, function or admin.`);
+  }
+  return { fn, triggerName, route: compileRoute(name, template), methods, authLevel: level };
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s, 'utf8').digest();
+}
+
+/** Constant-time string comparison (hashing first makes the lengths equal). */
+export function keyMatches(given: string | undefined, expected: string): boolean {
+  if (given === undefined || expected === '') return false;
+  return timingSafeEqual(digest(given), digest(expected));
+}
+
+export class HttpFrontEnd {
+  private readonly server: Server;
+  private readonly routes: HttpFunction[];
+  private stopping = false;
+
+  constructor(
+    functions: HttpFunction[],
+    private readonly options: HttpFrontEndOptions,
+  ) {
+    this.routes = [...functions].sort((a, b) => comparePrecedence(a.route, b.route));
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch((err) => {
+        options.logger.error({ err }, 'Unhandled error serving an HTTP request');
+        if (!res.headersSent) this.sendError(res, new HostError('InternalServerError', 'The host failed to serve the request; the host log has the details.'));
+        else res.destroy();
+      });
+    });
+    this.server.keepAliveTimeout = 5_000;
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve((this.server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  /** Stops accepting connections; requests already being served go on. */
+  stopAccepting(): Promise<void> {
+    this.stopping = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    return closed;
+  }
+
+  /** Cuts whatever connections are left (after the grace period). */
+  closeAll(): void {
+    this.server.closeAllConnections();
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = (req.method ?? 'GET').toUpperCase();
+    if (this.stopping) {
+      res.setHeader('connection', 'close');
+      return this.reject(req, res, HostError.stopping());
+    }
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const path = url.pathname;
+    const rest = this.stripPrefix(path);
+    if (rest === undefined) return this.reject(req, res, HostError.notFound(method, path));
+
+    let matched: { f: HttpFunction; params: Record<string, string> } | undefined;
+    const allowed = new Set<string>();
+    for (const f of this.routes) {
+      const params = matchRoute(f.route, rest);
+      if (!params) continue;
+      if (f.methods && !f.methods.includes(method)) {
+        f.methods.forEach((m) => allowed.add(m));
+        continue;
+      }
+      matched = { f, params };
+      break;
+    }
+    if (!matched) {
+      if (allowed.size > 0) {
+        res.setHeader('allow', [...allowed].join(', '));
+        return this.reject(req, res, HostError.methodNotAllowed(method, path, [...allowed]));
+      }
+      return this.reject(req, res, HostError.notFound(method, path));
+    }
+
+    const { f, params } = matched;
+    if (f.authLevel !== 'anonymous') {
+      const header = req.headers['x-functions-key'];
+      const given = (Array.isArray(header) ? header[0] : header) ?? url.searchParams.get('code') ?? undefined;
+      const ok = keyMatches(given, this.options.adminKey) || (f.authLevel === 'function' && keyMatches(given, this.options.functionKey));
+      if (!ok) return this.reject(req, res, HostError.unauthorized(f.authLevel === 'admin'));
+    }
+
+    const body = await this.readBody(req);
+    if (body === 'too-large') {
+      res.setHeader('connection', 'close');
+      this.sendError(res, HostError.payloadTooLarge(this.options.maxBodyBytes));
+      req.resume();
+      return;
+    }
+    if (body === 'aborted') return;
+
+    const http: RpcHttpData = toRpcHttp(req, params, body);
+    const triggerMetadata: Record<string, { string?: string; json?: string }> = {
+      Query: { json: JSON.stringify(http.query ?? {}) },
+      Headers: { json: JSON.stringify(http.headers ?? {}) },
+    };
+    for (const [k, v] of Object.entries(params)) triggerMetadata[k] = { string: v };
+    const traceparent = req.headers.traceparent;
+    const outcome = await this.options.invoker.invoke(
+      f.fn,
+      {
+        inputData: [{ name: f.triggerName, data: { http } }],
+        triggerMetadata,
+        traceParent: typeof traceparent === 'string' ? traceparent : undefined,
+      },
+      `This function was programmatically called via the host APIs.`,
+    );
+    if (this.stopping) res.setHeader('connection', 'close');
+    if (!outcome.ok) return this.sendError(res, HostError.internal(outcome.invocationId));
+    this.sendResponse(req, res, f, outcome.response);
+  }
+
+  private stripPrefix(path: string): string | undefined {
+    const prefix = this.options.routePrefix;
+    if (prefix === '') return path;
+    const lower = path.toLowerCase();
+    const p = `/${prefix.toLowerCase()}`;
+    if (lower === p) return '';
+    if (lower.startsWith(p + '/')) return path.slice(p.length + 1);
+    return undefined;
+  }
+
+  /** The whole body, or why not: over the limit, or the client went away. */
+  private readBody(req: IncomingMessage): Promise<Buffer | 'too-large' | 'aborted'> {
+    const limit = this.options.maxBodyBytes;
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) return Promise.resolve('too-large');
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let done = false;
+      const finish = (v: Buffer | 'too-large' | 'aborted'): void => {
+        if (done) return;
+        done = true;
+        req.off('data', onData);
+        resolve(v);
+      };
+      const onData = (chunk: Buffer): void => {
+        size += chunk.length;
+        if (size > limit) {
+          chunks.length = 0;
+          finish('too-large');
+          return;
+        }
+        chunks.push(chunk);
+      };
+      req.on('data', onData);
+      req.once('end', () => finish(Buffer.concat(chunks, size)));
+      req.once('error', () => finish('aborted'));
+      req.once('close', () => finish(req.complete ? Buffer.concat(chunks) : 'aborted'));
+    });
+  }
+
+  private sendResponse(req: IncomingMessage, res: ServerResponse, f: HttpFunction, response: RpcInvocationResponse): void {
+    const http = findHttpOutput(f.fn, response);
+    if (!http) {
+      // No HTTP response from the function: Azure answers 204.
+      res.statusCode = 204;
+      res.end();
+      return;
+    }
+    const status = Number.parseInt(http.statusCode ?? '200', 10);
+    res.statusCode = Number.isFinite(status) && status >= 100 && status <= 999 ? status : 200;
+    for (const [k, v] of Object.entries(http.headers ?? {})) {
+      if (HOP_BY_HOP.has(k.toLowerCase()) || k.toLowerCase() === 'set-cookie') continue;
+      try {
+        res.setHeader(k, v);
+      } catch (err) {
+        this.options.logger.warn({ fn: f.fn.metadata.name, header: k, err }, 'Dropped an invalid response header');
+      }
+    }
+    const cookies = (http.cookies ?? []).map(serializeCookie);
+    const rawSetCookie = Object.entries(http.headers ?? {}).find(([k]) => k.toLowerCase() === 'set-cookie')?.[1];
+    if (rawSetCookie) cookies.unshift(rawSetCookie);
+    if (cookies.length > 0) res.setHeader('set-cookie', cookies);
+    const body = bodyBytes(http.body);
+    const noBody = req.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200;
+    if (!noBody || req.method === 'HEAD') res.setHeader('content-length', body.length);
+    res.end(noBody ? undefined : body);
+  }
+
+  /** Answers with a host error; the request body (if any) is discarded. */
+  private reject(req: IncomingMessage, res: ServerResponse, err: HostError): void {
+    req.resume();
+    this.sendError(res, err);
+  }
+
+  private sendError(res: ServerResponse, err: HostError): void {
+    const body = Buffer.from(JSON.stringify({ code: err.code, message: err.message }));
+    res.statusCode = err.status;
+    res.setHeader('content-type', 'application/json; charset=utf-8');
+    res.setHeader('content-length', body.length);
+    res.end(body);
+  }
+}
+
+/** The HTTP output: the `$return` binding or a named http output binding. */
+function findHttpOutput(fn: RegisteredFunction, response: RpcInvocationResponse): RpcHttpData | undefined {
+  const bindings = fn.metadata.bindings;
+  const ret = bindings.$return;
+  if (ret && String(ret.type).toLowerCase() === 'http' && response.returnValue?.http) return response.returnValue.http;
+  for (const out of response.outputData ?? []) {
+    const b = out.name ? bindings[out.name] : undefined;
+    if (b && String(b.type).toLowerCase() === 'http' && out.data?.http) return out.data.http;
+  }
+  return undefined;
+}

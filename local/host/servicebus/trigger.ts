@@ -1,0 +1,219 @@
+/**
+ * Service Bus queue (and topic subscription) triggers, with the real @azure/service-bus client,
+ * behaving as the Functions Service Bus extension does:
+ *
+ * - peekLock; the client renews locks for up to `maxAutoLockRenewalDuration`.
+ * - Success with `autoCompleteMessages` (host.json, or the trigger's own option): complete.
+ *   A failed invocation: abandon (every message of the batch with cardinality many), so the
+ *   broker redelivers at once and dead-letters after the queue's MaxDeliveryCount. With
+ *   autoComplete off the host settles nothing (Node functions cannot either: the locks expire).
+ * - Without sessions, cardinality one: up to `maxConcurrentCalls` invocations at a time.
+ *   Cardinality many: one batch of up to `maxMessageBatchSize` at a time.
+ * - Sessions: up to `maxConcurrentSessions` sessions at a time, each accepted with
+ *   acceptNextSession in a loop; a session's messages are processed strictly one after another
+ *   (one at a time, or batch after batch), and the session is released after
+ *   `sessionIdleTimeout` without messages.
+ *
+ * Not mirrored: `prefetchCount` (the JS client has no prefetch).
+ */
+import {
+  isServiceBusError,
+  ServiceBusClient,
+  type ServiceBusReceivedMessage,
+  type ServiceBusReceiver,
+  type ServiceBusSessionReceiver,
+} from '@azure/service-bus';
+import type { Logger } from 'pino';
+import type { RegisteredFunction } from '../core-api';
+import { HostError } from '../errors';
+import type { ServiceBusSettings } from '../host-json';
+import type { Invoker } from '../invoker';
+import { batchTriggerMetadata, messagesToTypedData, messageToTypedData, singleTriggerMetadata } from './convert';
+
+const RECEIVE_WAIT_MS = 60_000;
+const RETRY_DELAY_MS = 1_000;
+
+export class ServiceBusListener {
+  readonly entityPath: string;
+  private readonly queueName: string | undefined;
+  private readonly topicName: string | undefined;
+  private readonly subscriptionName: string | undefined;
+  private readonly connectionString: string;
+  private readonly sessions: boolean;
+  private readonly many: boolean;
+  private readonly binary: boolean;
+  private readonly autoComplete: boolean;
+  private readonly log: Logger;
+  private client: ServiceBusClient | undefined;
+  private readonly abort = new AbortController();
+  private readonly receivers = new Set<ServiceBusReceiver | ServiceBusSessionReceiver>();
+  private subscription: { close(): Promise<void> } | undefined;
+  private readonly loops: Promise<void>[] = [];
+
+  constructor(
+    private readonly fn: RegisteredFunction,
+    private readonly triggerName: string,
+    binding: Record<string, unknown>,
+    settings: Record<string, string>,
+    private readonly options: ServiceBusSettings,
+    private readonly invoker: Invoker,
+    logger: Logger,
+  ) {
+    const name = fn.metadata.name;
+    const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+    this.queueName = str(binding.queueName);
+    this.topicName = str(binding.topicName);
+    this.subscriptionName = str(binding.subscriptionName);
+    if (!this.queueName && !(this.topicName && this.subscriptionName)) {
+      throw new HostError('UnsupportedTrigger', `Function '${name}' has a serviceBusTrigger with neither queueName nor topicName + subscriptionName.`);
+    }
+    this.entityPath = this.queueName ?? `${this.topicName}/Subscriptions/${this.subscriptionName}`;
+    const setting = str(binding.connection) ?? 'AzureWebJobsServiceBus';
+    const conn = settings[setting] ?? settings[`ConnectionStrings:${setting}`];
+    if (!conn) throw HostError.missingSetting(name, setting);
+    this.connectionString = conn;
+    this.sessions = binding.isSessionsEnabled === true;
+    this.many = String(binding.cardinality ?? 'one').toLowerCase() === 'many';
+    this.binary = String(binding.dataType ?? '').toLowerCase() === 'binary';
+    this.autoComplete = typeof binding.autoCompleteMessages === 'boolean' ? binding.autoCompleteMessages : options.autoCompleteMessages;
+    this.log = logger.child({ fn: name, entity: this.entityPath });
+  }
+
+  async start(): Promise<void> {
+    this.client = new ServiceBusClient(this.connectionString);
+    if (this.sessions) {
+      for (let i = 0; i < this.options.maxConcurrentSessions; i++) this.loops.push(this.sessionLoop());
+    } else if (this.many) {
+      this.loops.push(this.batchLoop(this.createReceiver()));
+    } else {
+      const receiver = this.createReceiver();
+      this.subscription = receiver.subscribe(
+        {
+          processMessage: (m) => this.invoker.track(this.process([m], receiver)),
+          processError: async (args) => {
+            if (!this.abort.signal.aborted) this.log.warn({ err: args.error, source: args.errorSource }, 'Service Bus receive error; the client retries');
+          },
+        },
+        { autoCompleteMessages: false, maxConcurrentCalls: this.options.maxConcurrentCalls },
+      );
+    }
+    this.log.debug({ sessions: this.sessions, many: this.many }, 'Service Bus listener started');
+  }
+
+  /** Stops taking messages; invocations already running go on (the invoker tracks them). */
+  async stopReceiving(): Promise<void> {
+    this.abort.abort();
+    await this.subscription?.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.abort.abort();
+    await Promise.allSettled(this.loops);
+    await Promise.allSettled([...this.receivers].map((r) => r.close()));
+    await this.client?.close().catch(() => undefined);
+  }
+
+  private receiverOptions(): { receiveMode: 'peekLock'; maxAutoLockRenewalDurationInMs: number; skipParsingBodyAsJson: true } {
+    return { receiveMode: 'peekLock', maxAutoLockRenewalDurationInMs: this.options.maxAutoLockRenewalDurationMs, skipParsingBodyAsJson: true };
+  }
+
+  private createReceiver(): ServiceBusReceiver {
+    const client = this.client as ServiceBusClient;
+    const receiver = this.queueName
+      ? client.createReceiver(this.queueName, this.receiverOptions())
+      : client.createReceiver(this.topicName as string, this.subscriptionName as string, this.receiverOptions());
+    this.receivers.add(receiver);
+    return receiver;
+  }
+
+  private async batchLoop(receiver: ServiceBusReceiver): Promise<void> {
+    const signal = this.abort.signal;
+    while (!signal.aborted) {
+      try {
+        const batch = await receiver.receiveMessages(this.options.maxMessageBatchSize, { maxWaitTimeInMs: RECEIVE_WAIT_MS, abortSignal: signal });
+        if (batch.length > 0) await this.invoker.track(this.process(batch, receiver));
+      } catch (err) {
+        if (signal.aborted) break;
+        this.log.warn({ err }, 'Service Bus receive failed; retrying');
+        await delay(RETRY_DELAY_MS, signal);
+      }
+    }
+  }
+
+  private async sessionLoop(): Promise<void> {
+    const signal = this.abort.signal;
+    const client = this.client as ServiceBusClient;
+    while (!signal.aborted) {
+      let session: ServiceBusSessionReceiver;
+      try {
+        const opts = { ...this.receiverOptions(), abortSignal: signal };
+        session = this.queueName
+          ? await client.acceptNextSession(this.queueName, opts)
+          : await client.acceptNextSession(this.topicName as string, this.subscriptionName as string, opts);
+      } catch (err) {
+        if (signal.aborted) break;
+        // No session became free within the client's timeout: ask again.
+        if (isServiceBusError(err) && (err.code === 'ServiceTimeout' || err.code === 'SessionCannotBeLocked')) continue;
+        this.log.warn({ err }, 'acceptNextSession failed; retrying');
+        await delay(RETRY_DELAY_MS, signal);
+        continue;
+      }
+      this.receivers.add(session);
+      const log = this.log.child({ sessionId: session.sessionId });
+      log.debug('Session accepted');
+      try {
+        while (!signal.aborted) {
+          const batch = await session.receiveMessages(this.many ? this.options.maxMessageBatchSize : 1, {
+            maxWaitTimeInMs: this.options.sessionIdleTimeoutMs,
+            abortSignal: signal,
+          });
+          if (batch.length === 0) {
+            log.debug('Session idle; releasing it');
+            break;
+          }
+          await this.invoker.track(this.process(batch, session));
+        }
+      } catch (err) {
+        if (!signal.aborted) log.warn({ err }, 'Session receive failed; releasing the session');
+      } finally {
+        this.receivers.delete(session);
+        await session.close().catch(() => undefined);
+      }
+    }
+  }
+
+  /** Invokes the function with the messages, then settles them as the extension does. */
+  private async process(messages: ServiceBusReceivedMessage[], receiver: ServiceBusReceiver | ServiceBusSessionReceiver): Promise<void> {
+    const name = this.fn.metadata.name;
+    const first = messages[0] as ServiceBusReceivedMessage;
+    const input = this.many
+      ? { data: messagesToTypedData(messages, this.binary), meta: batchTriggerMetadata(messages, name) }
+      : { data: messageToTypedData(first, this.binary), meta: singleTriggerMetadata(first, name) };
+    const outcome = await this.invoker.invoke(
+      this.fn,
+      { inputData: [{ name: this.triggerName, data: input.data }], triggerMetadata: input.meta },
+      `New ServiceBus message detected on '${this.entityPath}' (MessageId=${String(first.messageId)}, DeliveryCount=${(first.deliveryCount ?? 0) + 1}${first.sessionId ? `, SessionId=${first.sessionId}` : ''})`,
+    );
+    if (!this.autoComplete) return;
+    for (const m of messages) {
+      try {
+        if (outcome.ok) await receiver.completeMessage(m);
+        else await receiver.abandonMessage(m);
+      } catch (err) {
+        this.log.warn({ err, messageId: m.messageId }, `Could not ${outcome.ok ? 'complete' : 'abandon'} a message; it will be redelivered when its lock expires`);
+      }
+    }
+  }
+}
+
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
