@@ -356,12 +356,13 @@ export function matchRoute(route: CompiledRoute, path: string): RouteValues | un
     if (value === undefined) return undefined;
     const params: ParamPart[] = [];
     let re = '^';
-    for (const [k, p] of seg.entries()) {
+    for (const p of seg) {
       if (p.kind === 'literal') re += escapeRe(p.text);
       else {
         params.push(p);
-        const isLast = k === seg.length - 1;
-        re += p.optional ? '(.*)' : isLast ? '(.+)' : '(.+?)';
+        // Greedy: ASP.NET matches complex segments right to left, so in `{name}.{ext}` the
+        // last dot separates ("a.b.pdf" -> name "a.b", ext "pdf").
+        re += p.optional ? '(.*)' : '(.+)';
       }
     }
     const m = new RegExp(re + '$', 'is').exec(value);
