@@ -1,0 +1,64 @@
+/**
+ * DiskStore: where replicated disks live. The cloud side's only view of disk bytes.
+ *
+ * Contract (every implementation, Azure block blobs or memory, passes the same conformance
+ * tests in test/integration/azure/disk-store.test.ts):
+ * - A disk is a byte array of `sizeBytes` (a multiple of 512) that reads as zeros until written.
+ * - `apply` writes a set of non-overlapping records (data at an offset, or zeros over a range).
+ *   Writes are absolute, so applying the same records twice gives the same content: this is
+ *   what makes redelivery after a crash converge (exactly once in effect). `apply` is NOT
+ *   atomic across the whole disk; callers serialize applies per disk (one Service Bus session
+ *   per disk) and record the applied sequence only after `apply` resolves.
+ * - Concurrent writers to one disk are detected, not merged: the losing `apply` fails with a
+ *   retryable `DiskStoreError` (`CONCURRENT_WRITE`), and the caller lets the message be
+ *   redelivered.
+ * - Errors: `DiskStoreError` with a `code` and `retryable`; anything the storage service
+ *   throws that is not understood is wrapped as retryable `STORAGE_UNAVAILABLE`.
+ */
+import type { BatchRecord } from '../domain/wire-format';
+
+export interface DiskRef {
+  vmId: string;
+  diskId: string;
+}
+
+export interface ApplyStats {
+  /** Extents rewritten (staged) by this apply. */
+  extentsWritten: number;
+  /** Extents that had to be read first because the records covered them only in part. */
+  extentsRead: number;
+  /** Bytes uploaded to storage. */
+  bytesUploaded: number;
+  /** Bytes downloaded from storage (read-modify-write). */
+  bytesDownloaded: number;
+  /** Storage objects (segments) whose block list was committed. */
+  segmentsCommitted: number;
+}
+
+export interface DiskStore {
+  /** Makes the disk exist as all zeros; idempotent (an existing disk is left as it is). */
+  create(disk: DiskRef, sizeBytes: number): Promise<void>;
+  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats>;
+  /** Reads `length` bytes at `offset` (both inside the disk). */
+  read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer>;
+  /** Removes the disk and everything stored for it; idempotent. */
+  delete(disk: DiskRef): Promise<void>;
+}
+
+export type DiskStoreErrorCode = 'CONCURRENT_WRITE' | 'STORAGE_UNAVAILABLE' | 'OUT_OF_BOUNDS' | 'INVALID_RECORDS';
+
+export class DiskStoreError extends Error {
+  override readonly name = 'DiskStoreError';
+  constructor(
+    readonly code: DiskStoreErrorCode,
+    message: string,
+    readonly retryable: boolean,
+    options: { cause?: unknown } = {},
+  ) {
+    super(message, options);
+  }
+}
+
+export function isDiskStoreError(err: unknown): err is DiskStoreError {
+  return err instanceof Error && err.name === 'DiskStoreError';
+}
