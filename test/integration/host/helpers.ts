@@ -15,26 +15,30 @@ export const APP_DIST = join(ROOT, 'dist/test/fixtures/host-app');
 export const FUNCTION_KEY = 'test-function-key-0123456789';
 export const ADMIN_KEY = 'test-admin-key-9876543210';
 
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+function staleSources(dir: string, rel = ''): string[] {
+  const stale: string[] = [];
+  for (const e of readdirSync(join(dir, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) stale.push(...staleSources(dir, r));
+    else if (e.name.endsWith('.ts')) {
+      const js = join(APP_DIST, r.replace(/\.ts$/, '.js'));
+      if (!existsSync(js) || statSync(js).mtimeMs < statSync(join(dir, r)).mtimeMs) stale.push(r);
+    }
   }
-  return newest;
+  return stale;
 }
 
-/** Compiles the project when the test app's JavaScript is missing or older than its sources. */
+/** Compiles the project when some of the test app's JavaScript is missing or older than its source. */
 export function ensureBuilt(): void {
-  const marker = join(APP_DIST, 'functions/http.js');
-  const srcNewest = newestMtime(APP_ROOT);
-  if (existsSync(marker) && statSync(marker).mtimeMs >= srcNewest) return;
+  if (staleSources(APP_ROOT).length === 0) return;
   try {
     execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.json')], { cwd: ROOT, stdio: 'pipe' });
   } catch {
-    // tsc emits despite type errors elsewhere in the tree; the marker check below decides.
+    // tsc emits despite type errors elsewhere in the tree; the check below decides.
   }
-  if (!existsSync(marker)) throw new Error(`The test app did not compile to ${marker}; run npm run build.`);
+  // An unchanged source touched later is not re-emitted by incremental tsc: only missing output is fatal.
+  const missing = staleSources(APP_ROOT).filter((r) => !existsSync(join(APP_DIST, r.replace(/\.ts$/, '.js'))));
+  if (missing.length > 0) throw new Error(`The test app did not compile (${missing.join(', ')}); run npm run build.`);
 }
 
 /** Log lines the host wrote (JSON objects). */
