@@ -1,0 +1,223 @@
+/**
+ * StateStore over Azure Tables: table `ferrystate`, one partition per VM.
+ * Rows: `vm` (the VM), `disk:<diskId>` (one per disk), `key:<keyId, 10 digits>` (wrapped keys).
+ * Numbers are ms timestamps and byte counts below 2^53, stored as Double; structured fields
+ * (policy, recent issues) as JSON strings (a property holds at most 64 KiB; both are bounded).
+ */
+import { RestError, TableClient, type TableEntity, type TableEntityResult } from '@azure/data-tables';
+import { DEFAULT_POLICY, replicationPolicySchema } from '../domain/policy';
+import { isVmState } from '../domain/state-machine';
+import {
+  StateStoreError,
+  type DiskRecord,
+  type StateStore,
+  type VmRecord,
+  type VmWithDisks,
+  type WrappedKeyRecord,
+} from '../ports/state-store';
+
+export const STATE_TABLE = 'ferrystate';
+const VM_ROW = 'vm';
+const DISK_PREFIX = 'disk:';
+const KEY_PREFIX = 'key:';
+
+type Row = TableEntityResult<Record<string, unknown>>;
+
+function statusOf(err: unknown): number | undefined {
+  return err instanceof RestError ? err.statusCode : (err as { statusCode?: number })?.statusCode;
+}
+
+function wrap(err: unknown, what: string): StateStoreError {
+  if (err instanceof StateStoreError) return err;
+  const status = statusOf(err);
+  if (status === 412) return new StateStoreError('CONFLICT', `${what}: changed by someone else meanwhile; re-read and retry.`, { cause: err });
+  if (status === 409) return new StateStoreError('ALREADY_EXISTS', `${what}: already exists.`, { cause: err });
+  if (status === 404) return new StateStoreError('NOT_FOUND', `${what}: not found.`, { cause: err });
+  const detail = err instanceof Error ? err.message.split('\n')[0] : String(err);
+  return new StateStoreError('STORAGE_UNAVAILABLE', `${what}: table storage failed (${status ?? 'no status'}: ${detail}).`, { cause: err });
+}
+
+const num = (v: unknown): number => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : Number(v ?? 0));
+const keyRow = (keyId: number): string => `${KEY_PREFIX}${String(keyId).padStart(10, '0')}`;
+
+function vmToEntity(vm: VmRecord): TableEntity {
+  return {
+    partitionKey: vm.vmId,
+    rowKey: VM_ROW,
+    state: vm.state,
+    policy: JSON.stringify(vm.policy),
+    createdAt: vm.createdAt,
+    updatedAt: vm.updatedAt,
+    keyId: vm.keyId,
+    deadLetteredCount: vm.deadLetteredCount,
+    recentIssues: JSON.stringify(vm.recentIssues),
+  };
+}
+
+function vmFromEntity(e: Row): VmRecord {
+  const state = e.state;
+  const policy = replicationPolicySchema.safeParse(JSON.parse(String(e.policy ?? '{}')));
+  return {
+    vmId: e.partitionKey ?? '',
+    state: isVmState(state) ? state : 'disabled',
+    policy: policy.success ? policy.data : DEFAULT_POLICY,
+    createdAt: num(e.createdAt),
+    updatedAt: num(e.updatedAt),
+    keyId: num(e.keyId),
+    deadLetteredCount: num(e.deadLetteredCount),
+    recentIssues: JSON.parse(String(e.recentIssues ?? '[]')) as VmRecord['recentIssues'],
+    etag: e.etag,
+  };
+}
+
+function diskToEntity(d: DiskRecord): TableEntity {
+  return {
+    partitionKey: d.vmId,
+    rowKey: DISK_PREFIX + d.diskId,
+    sizeBytes: d.sizeBytes,
+    appliedSequence: d.appliedSequence,
+    lastAppliedAt: d.lastAppliedAt,
+    lastCapturedAt: d.lastCapturedAt,
+    initialCoveredBytes: d.initialCoveredBytes,
+    initialComplete: d.initialComplete,
+    missingSequence: d.missingSequence ?? -1,
+  };
+}
+
+function diskFromEntity(e: Row): DiskRecord {
+  const missing = num(e.missingSequence);
+  return {
+    vmId: e.partitionKey ?? '',
+    diskId: (e.rowKey ?? '').slice(DISK_PREFIX.length),
+    sizeBytes: num(e.sizeBytes),
+    appliedSequence: num(e.appliedSequence),
+    lastAppliedAt: num(e.lastAppliedAt),
+    lastCapturedAt: num(e.lastCapturedAt),
+    initialCoveredBytes: num(e.initialCoveredBytes),
+    initialComplete: e.initialComplete === true,
+    ...(missing >= 0 ? { missingSequence: missing } : {}),
+    etag: e.etag,
+  };
+}
+
+export class TableStateStore implements StateStore {
+  private ensured: Promise<void> | undefined;
+
+  constructor(private readonly table: TableClient) {}
+
+  static fromConnectionString(connectionString: string, tableName = STATE_TABLE): TableStateStore {
+    return new TableStateStore(TableClient.fromConnectionString(connectionString, tableName, { allowInsecureConnection: true }));
+  }
+
+  private ensureTable(): Promise<void> {
+    this.ensured ??= this.table.createTable().catch((err: unknown) => {
+      this.ensured = undefined;
+      throw wrap(err, `creating table ${this.table.tableName}`);
+    });
+    return this.ensured;
+  }
+
+  async createVm(vm: VmRecord, disks: DiskRecord[], key: WrappedKeyRecord): Promise<void> {
+    await this.ensureTable();
+    try {
+      await this.table.submitTransaction([
+        ['create', vmToEntity(vm)],
+        ...disks.map((d) => ['create', diskToEntity(d)] as ['create', TableEntity]),
+        ['create', { partitionKey: key.vmId, rowKey: keyRow(key.keyId), wrapped: key.wrapped, createdAt: key.createdAt }],
+      ]);
+    } catch (err) {
+      throw wrap(err, `VM '${vm.vmId}'`);
+    }
+  }
+
+  private async partition(vmId: string): Promise<Row[]> {
+    await this.ensureTable();
+    const rows: Row[] = [];
+    try {
+      const filter = `PartitionKey eq '${vmId.replace(/'/g, "''")}'`;
+      for await (const e of this.table.listEntities<Record<string, unknown>>({ queryOptions: { filter } })) rows.push(e);
+    } catch (err) {
+      throw wrap(err, `reading VM '${vmId}'`);
+    }
+    return rows;
+  }
+
+  async getVm(vmId: string): Promise<VmWithDisks | undefined> {
+    const rows = await this.partition(vmId);
+    const vmRow = rows.find((r) => r.rowKey === VM_ROW);
+    if (!vmRow) return undefined;
+    return { vm: vmFromEntity(vmRow), disks: rows.filter((r) => r.rowKey?.startsWith(DISK_PREFIX)).map(diskFromEntity) };
+  }
+
+  async listVms(): Promise<VmWithDisks[]> {
+    await this.ensureTable();
+    const byVm = new Map<string, { vm?: VmRecord; disks: DiskRecord[] }>();
+    try {
+      const filter = `RowKey eq '${VM_ROW}' or (RowKey ge '${DISK_PREFIX}' and RowKey lt 'disk;')`;
+      for await (const e of this.table.listEntities<Record<string, unknown>>({ queryOptions: { filter } })) {
+        const entry = byVm.get(e.partitionKey ?? '') ?? { disks: [] };
+        if (e.rowKey === VM_ROW) entry.vm = vmFromEntity(e);
+        else entry.disks.push(diskFromEntity(e));
+        byVm.set(e.partitionKey ?? '', entry);
+      }
+    } catch (err) {
+      throw wrap(err, 'listing VMs');
+    }
+    return [...byVm.values()].filter((e): e is VmWithDisks => e.vm !== undefined).sort((a, b) => a.vm.vmId.localeCompare(b.vm.vmId));
+  }
+
+  async getDisk(vmId: string, diskId: string): Promise<DiskRecord | undefined> {
+    await this.ensureTable();
+    try {
+      return diskFromEntity(await this.table.getEntity<Record<string, unknown>>(vmId, DISK_PREFIX + diskId));
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw wrap(err, `reading disk '${vmId}/${diskId}'`);
+    }
+  }
+
+  async getKey(vmId: string, keyId: number): Promise<WrappedKeyRecord | undefined> {
+    await this.ensureTable();
+    try {
+      const e = await this.table.getEntity<Record<string, unknown>>(vmId, keyRow(keyId));
+      const wrapped = e.wrapped;
+      if (!(wrapped instanceof Uint8Array)) return undefined;
+      return { vmId, keyId, wrapped: Buffer.from(wrapped), createdAt: num(e.createdAt) };
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw wrap(err, `reading key ${keyId} of VM '${vmId}'`);
+    }
+  }
+
+  private async put(entity: TableEntity, etag: string | undefined, what: string): Promise<string> {
+    await this.ensureTable();
+    try {
+      const res = etag
+        ? await this.table.updateEntity(entity, 'Replace', { etag })
+        : await this.table.upsertEntity(entity, 'Replace');
+      return res.etag ?? '';
+    } catch (err) {
+      throw wrap(err, what);
+    }
+  }
+
+  putVm(vm: VmRecord): Promise<string> {
+    return this.put(vmToEntity(vm), vm.etag, `VM '${vm.vmId}'`);
+  }
+
+  putDisk(disk: DiskRecord): Promise<string> {
+    return this.put(diskToEntity(disk), disk.etag, `disk '${disk.vmId}/${disk.diskId}'`);
+  }
+
+  async deleteVm(vmId: string): Promise<void> {
+    const rows = await this.partition(vmId);
+    // A transaction holds at most 100 operations.
+    for (let i = 0; i < rows.length; i += 100) {
+      try {
+        await this.table.submitTransaction(rows.slice(i, i + 100).map((r) => ['delete', { partitionKey: vmId, rowKey: r.rowKey ?? '' }]));
+      } catch (err) {
+        if (statusOf(err) !== 404) throw wrap(err, `deleting VM '${vmId}'`);
+      }
+    }
+  }
+}

@@ -1,0 +1,101 @@
+/**
+ * StateStore: per-VM replication state (Azure Tables in Azure; memory in unit tests).
+ *
+ * Shape: one partition per VM. The VM record and each disk record are separate rows, so the
+ * apply function of one disk (one Service Bus session) updates its own row without contending
+ * with the other disks of the VM; VM-wide changes (state transitions) touch the VM row.
+ *
+ * Concurrency: every record carries an opaque `etag`. `put*` with an etag succeeds only if the
+ * stored record still has it; otherwise it fails with `StateStoreError` code `CONFLICT`
+ * (the caller re-reads and retries: optimistic concurrency, so concurrent function instances
+ * never lose an update). `createVm` writes the VM, its disks and its wrapped key atomically
+ * (one transaction) and fails with `ALREADY_EXISTS` if the VM row exists.
+ */
+import type { ReplicationPolicy } from '../domain/policy';
+import type { VmState } from '../domain/state-machine';
+
+export interface HealthIssueRecord {
+  code: string;
+  message: string;
+  /** ms since epoch. */
+  at: number;
+}
+
+export interface VmRecord {
+  vmId: string;
+  state: VmState;
+  policy: ReplicationPolicy;
+  /** ms since epoch. */
+  createdAt: number;
+  updatedAt: number;
+  /** Current data key id (the wire format's key id). */
+  keyId: number;
+  /** Batches dead-lettered for this VM, and the last reasons (newest last, bounded). */
+  deadLetteredCount: number;
+  recentIssues: HealthIssueRecord[];
+  etag?: string;
+}
+
+export interface DiskRecord {
+  vmId: string;
+  diskId: string;
+  sizeBytes: number;
+  /** Highest sequence applied; 0 = none. */
+  appliedSequence: number;
+  /** ms since epoch when the last batch was applied; 0 = never. */
+  lastAppliedAt: number;
+  /** Capture time (on the source) of the newest applied batch; 0 = never. */
+  lastCapturedAt: number;
+  /** Bytes of the disk covered by the initial copy so far. */
+  initialCoveredBytes: number;
+  initialComplete: boolean;
+  /** Set when a batch arrived after a missing one: the sequence that is missing. */
+  missingSequence?: number;
+  etag?: string;
+}
+
+export interface WrappedKeyRecord {
+  vmId: string;
+  keyId: number;
+  /** The data key wrapped by the master key (never the plain key). */
+  wrapped: Buffer;
+  createdAt: number;
+}
+
+export interface VmWithDisks {
+  vm: VmRecord;
+  disks: DiskRecord[];
+}
+
+export interface StateStore {
+  createVm(vm: VmRecord, disks: DiskRecord[], key: WrappedKeyRecord): Promise<void>;
+  getVm(vmId: string): Promise<VmWithDisks | undefined>;
+  listVms(): Promise<VmWithDisks[]>;
+  getDisk(vmId: string, diskId: string): Promise<DiskRecord | undefined>;
+  getKey(vmId: string, keyId: number): Promise<WrappedKeyRecord | undefined>;
+  /** Replaces the VM row; with `vm.etag` set, only if unchanged since read. Returns the new etag. */
+  putVm(vm: VmRecord): Promise<string>;
+  putDisk(disk: DiskRecord): Promise<string>;
+  /** Deletes the VM, its disks and its keys. Idempotent. */
+  deleteVm(vmId: string): Promise<void>;
+}
+
+export type StateStoreErrorCode = 'CONFLICT' | 'ALREADY_EXISTS' | 'NOT_FOUND' | 'STORAGE_UNAVAILABLE';
+
+export class StateStoreError extends Error {
+  override readonly name = 'StateStoreError';
+  constructor(
+    readonly code: StateStoreErrorCode,
+    message: string,
+    options: { cause?: unknown } = {},
+  ) {
+    super(message, options);
+  }
+  get retryable(): boolean {
+    return this.code === 'CONFLICT' || this.code === 'STORAGE_UNAVAILABLE';
+  }
+}
+
+export function isStateStoreError(err: unknown): err is StateStoreError {
+  return err instanceof Error && err.name === 'StateStoreError';
+}
