@@ -81,3 +81,15 @@ export function readHostJson(appRoot: string): HostJson {
     },
   };
 }
+
+/**
+ * Resolves `%Name%` app-setting references in a binding property, as Azure does for
+ * binding expressions (`queueName: '%QueueName%'`). An unknown name is an error.
+ */
+export function resolveAppSettingRefs(value: string, settings: Record<string, string>, what: string): string {
+  return value.replace(/%([^%]+)%/g, (_m, name: string) => {
+    const v = settings[name] ?? process.env[name];
+    if (v === undefined) throw new HostError('MissingSetting', `${what} refers to the app setting %${name}%, which is not set; set it in local.settings.json Values or the environment.`);
+    return v;
+  });
+}

@@ -136,7 +136,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
           break;
         }
         case 'timertrigger': {
-          const t = new TimerListener(fn, triggerName, binding, invoker, logger);
+          const t = new TimerListener(fn, triggerName, binding, options.settings, invoker, logger);
           timers.push(t);
           infos.push({ name, trigger: type, schedule: t.describe() });
           break;

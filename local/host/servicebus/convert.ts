@@ -18,8 +18,13 @@ import { randomUUID } from 'node:crypto';
 import type { ServiceBusReceivedMessage } from '@azure/service-bus';
 import type { RpcTypedData } from '../core-types';
 
+/** DateTime(Offset).MaxValue: where .NET clamps an expiry that never comes (infinite TTL). */
+const NET_MAX_MS = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+const NET_MAX_TEXT = '9999-12-31T23:59:59.9999999';
+
 /** Newtonsoft's round-trip DateTime format, trailing zero fractions trimmed. */
 function netDateTime(d: Date): string {
+  if (d.getTime() >= NET_MAX_MS) return NET_MAX_TEXT;
   const iso = d.toISOString(); // 2026-11-26T09:00:00.120Z
   const [whole, frac = ''] = iso.slice(0, -1).split('.');
   const trimmed = frac.replace(/0+$/, '');

@@ -26,7 +26,7 @@ import {
 import type { Logger } from 'pino';
 import type { RegisteredFunction } from '../core-api';
 import { HostError } from '../errors';
-import type { ServiceBusSettings } from '../host-json';
+import { resolveAppSettingRefs, type ServiceBusSettings } from '../host-json';
 import type { Invoker } from '../invoker';
 import { batchTriggerMetadata, messagesToTypedData, messageToTypedData, singleTriggerMetadata } from './convert';
 
@@ -61,9 +61,13 @@ export class ServiceBusListener {
   ) {
     const name = fn.metadata.name;
     const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
-    this.queueName = str(binding.queueName);
-    this.topicName = str(binding.topicName);
-    this.subscriptionName = str(binding.subscriptionName);
+    const entity = (key: string): string | undefined => {
+      const v = str(binding[key]);
+      return v === undefined ? undefined : resolveAppSettingRefs(v, settings, `Function '${name}' ${key}`);
+    };
+    this.queueName = entity('queueName');
+    this.topicName = entity('topicName');
+    this.subscriptionName = entity('subscriptionName');
     if (!this.queueName && !(this.topicName && this.subscriptionName)) {
       throw new HostError('UnsupportedTrigger', `Function '${name}' has a serviceBusTrigger with neither queueName nor topicName + subscriptionName.`);
     }

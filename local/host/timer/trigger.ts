@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import type { RegisteredFunction } from '../core-api';
 import { HostError } from '../errors';
+import { resolveAppSettingRefs } from '../host-json';
 import type { Invoker } from '../invoker';
 import { parseSchedule, type Schedule } from './ncrontab';
 
@@ -29,10 +30,12 @@ export class TimerListener {
     private readonly fn: RegisteredFunction,
     private readonly triggerName: string,
     binding: Record<string, unknown>,
+    settings: Record<string, string>,
     private readonly invoker: Invoker,
     private readonly logger: Logger,
   ) {
-    const text = typeof binding.schedule === 'string' ? binding.schedule : '';
+    const raw = typeof binding.schedule === 'string' ? binding.schedule : '';
+    const text = resolveAppSettingRefs(raw, settings, `Function '${fn.metadata.name}' schedule`);
     try {
       this.schedule = parseSchedule(text);
     } catch (err) {
