@@ -12,7 +12,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo, Server } from 'node:net';
-import * as rhea from 'rhea';
+import type * as rhea from 'rhea';
+import { rhea as amqp } from './rhea';
 import type { Logger } from 'pino';
 import type { NamespaceConfig } from './config';
 import {
@@ -84,7 +85,7 @@ interface RheaOutcomes {
   modified(o: { undeliverable_here?: boolean }): Outcome;
   decode(b: Buffer): rhea.Message;
 }
-const outcomes = rhea.message as unknown as RheaOutcomes;
+const outcomes = amqp.message as unknown as RheaOutcomes;
 
 function credit(link: rhea.Sender | rhea.Receiver): number {
   return (link as unknown as { credit: number }).credit;
@@ -172,7 +173,7 @@ export class Broker {
       this.topics.set(t.name.toLowerCase(), { name: t.name, maxMessageSizeBytes: t.maxMessageSizeBytes, subscriptions: subs });
     }
     this.restore();
-    this.container = rhea.create_container({
+    this.container = amqp.create_container({
       id: 'ferry-servicebus-emulator',
       // Abandon and defer arrive as `modified`; rhea would otherwise report them as `released`.
       treat_modified_as_released: false,
@@ -408,7 +409,7 @@ export class Broker {
           return;
         }
         sender.set_source({ address, filter: { [SESSION_FILTER]: session.id } } as unknown as rhea.Source);
-        l.local.attach.properties = { 'com.microsoft:locked-until-utc': rhea.types.wrap_long(toDotNetTicks(session.lockedUntil)) };
+        l.local.attach.properties = { 'com.microsoft:locked-until-utc': amqp.types.wrap_long(toDotNetTicks(session.lockedUntil)) };
         sender.open();
         entity.addConsumer(consumer);
       },
@@ -637,7 +638,7 @@ export class Broker {
           const got = entity.receiveDeferred(seqs, receiveAndDelete, sessionId);
           const messages = got.map((g) => {
             const m: Record<string, unknown> = { message: g.bytes };
-            if (g.lockToken) m['lock-token'] = rhea.types.wrap_uuid(uuidToBytes(g.lockToken));
+            if (g.lockToken) m['lock-token'] = amqp.types.wrap_uuid(uuidToBytes(g.lockToken));
             return m;
           });
           afterCommit({ messages });
@@ -657,7 +658,7 @@ export class Broker {
             throw BrokerError.notAllowed('The SessionId was not set on a message, and it cannot be sent to the entity. Entities that have session support enabled can only receive messages that have the SessionId set to a valid value.');
           }
           const seqs = parsed.map((p) => entity.enqueue(p, now).seq);
-          afterCommit({ 'sequence-numbers': rhea.types.wrap_array(seqs.map((s) => longBytes(s)), 0x81, undefined) });
+          afterCommit({ 'sequence-numbers': amqp.types.wrap_array(seqs.map((s) => longBytes(s)), 0x81, undefined) });
           return;
         }
         case 'com.microsoft:cancel-scheduled-message': {

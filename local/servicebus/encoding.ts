@@ -20,7 +20,7 @@
  * kept slice would pin a whole frame (a batch of hundreds of messages) in memory.
  */
 import { randomUUID } from 'node:crypto';
-import * as rhea from 'rhea';
+import { rhea as amqp } from './rhea';
 
 // rhea's low-level codec is not in its typings; these are the few members used here.
 interface Typed { type: unknown; value: unknown; descriptor?: Typed }
@@ -191,7 +191,7 @@ function copyOut(src: Buffer): Buffer {
 
 function messageIdToString(id: unknown): string | undefined {
   if (id === undefined || id === null) return undefined;
-  if (Buffer.isBuffer(id)) return id.length === 16 ? rhea.uuid_to_string(id) : id.toString('hex');
+  if (Buffer.isBuffer(id)) return id.length === 16 ? amqp.uuid_to_string(id) : id.toString('hex');
   return String(id);
 }
 
@@ -234,7 +234,7 @@ export function parseMessage(buf: Buffer, newId: () => string = randomUUID): Par
   let propsSpan: SectionSpan | undefined;
   for (const s of spans) {
     if (s.code === Section.header) {
-      const h = rhea.message.decode(buf.subarray(s.start, s.end));
+      const h = amqp.message.decode(buf.subarray(s.start, s.end));
       if (typeof h.ttl === 'number') out.ttlMs = h.ttl;
       if (typeof h.priority === 'number') out.priority = h.priority;
       if (typeof h.durable === 'boolean') out.durable = h.durable;
@@ -265,7 +265,7 @@ export function parseMessage(buf: Buffer, newId: () => string = randomUUID): Par
       payloadStart = Math.min(payloadStart, s.start);
     }
   }
-  let props = propsSpan ? rhea.message.decode(buf.subarray(propsSpan.start, propsSpan.end)) : undefined;
+  let props = propsSpan ? amqp.message.decode(buf.subarray(propsSpan.start, propsSpan.end)) : undefined;
   const id = messageIdToString(props?.message_id);
   if (props?.group_id !== undefined && props.group_id !== null) out.sessionId = String(props.group_id);
   if (id !== undefined) {
