@@ -1,0 +1,168 @@
+/**
+ * How a replicated disk is laid out in block blobs (pure arithmetic).
+ *
+ * - A disk is cut into **extents** of 4 MiB (EXTENT_BYTES); the last one may be shorter
+ *   (disk sizes are multiples of 512, not of 4 MiB). Extent i covers bytes
+ *   [i x 4 MiB, min((i+1) x 4 MiB, diskSize)).
+ * - Each extent is exactly one block of a block blob, so a blob holds at most 50,000 extents:
+ *   Azure's limit of committed blocks per blob (Azurite does not enforce it; we do). A disk
+ *   is therefore split into **segments** of EXTENTS_PER_SEGMENT = 50,000 extents
+ *   (195.3 GiB); segment s is its own block blob and holds extents
+ *   [s x 50,000, (s+1) x 50,000). A 32 TiB disk has 8,388,608 extents in 168 segments.
+ *   A block's position in its segment's block list is `extentIndex mod 50,000`.
+ * - **Block ids** are the base64 of a 45-character ASCII string, so every id has 60
+ *   characters (Azure requires one length per blob, at most 64 bytes before encoding, and
+ *   45 is a multiple of 3, so there is no '=' padding):
+ *
+ *     data block  `v1.d.<extent index, 12 digits>.<epoch, 10 digits>.<sequence, 16 digits>`
+ *     zero block  `v1.z.<length in bytes, 12 digits>.0000000000.0000000000000000`
+ *
+ *   A data block is the content of one extent after the batch (epoch, sequence) was applied
+ *   to it: staging it again on a retry writes the same bytes under the same id (idempotent),
+ *   and it never collides with the block it replaces. A zero block depends only on its length,
+ *   so one staged zero block serves every all-zero extent of that length in a commit.
+ */
+import { DomainError } from './domain-error';
+import { MAX_DISK_SIZE_BYTES, SECTOR_SIZE } from './ids';
+
+export const EXTENT_BYTES = 4 * 1024 * 1024;
+/** Azure: "The committed block count cannot exceed the maximum limit of 50,000 blocks." */
+export const MAX_COMMITTED_BLOCKS = 50_000;
+export const EXTENTS_PER_SEGMENT = MAX_COMMITTED_BLOCKS;
+export const SEGMENT_BYTES = EXTENTS_PER_SEGMENT * EXTENT_BYTES;
+export const BLOCK_ID_LENGTH = 60;
+const BLOCK_ID_RAW_LENGTH = 45;
+
+function checkSafeInt(field: string, value: number, min: number, max: number): number {
+  if (!Number.isSafeInteger(value)) throw new DomainError('INVALID_ARGUMENT', field, `${field} ${String(value)} is not a safe integer.`);
+  if (value < min || value > max) throw new DomainError('OUT_OF_RANGE', field, `${field} ${value} is outside ${min}..${max}.`);
+  return value;
+}
+
+function checkDiskSize(diskSizeBytes: number): number {
+  checkSafeInt('diskSizeBytes', diskSizeBytes, SECTOR_SIZE, MAX_DISK_SIZE_BYTES);
+  if (diskSizeBytes % SECTOR_SIZE !== 0) throw new DomainError('INVALID_ARGUMENT', 'diskSizeBytes', `diskSizeBytes ${diskSizeBytes} is not a multiple of 512.`);
+  return diskSizeBytes;
+}
+
+export function extentCount(diskSizeBytes: number): number {
+  return Math.ceil(checkDiskSize(diskSizeBytes) / EXTENT_BYTES);
+}
+
+export function segmentCount(diskSizeBytes: number): number {
+  return Math.ceil(extentCount(diskSizeBytes) / EXTENTS_PER_SEGMENT);
+}
+
+/** Byte range of extent `index`: the last extent of a disk may be shorter than 4 MiB. */
+export function extentRange(index: number, diskSizeBytes: number): { offset: number; length: number } {
+  checkSafeInt('extentIndex', index, 0, extentCount(diskSizeBytes) - 1);
+  const offset = index * EXTENT_BYTES;
+  return { offset, length: Math.min(EXTENT_BYTES, diskSizeBytes - offset) };
+}
+
+/** The segment (block blob) holding extent `index`, and the block's position in it. */
+export function segmentOfExtent(index: number): { segment: number; blockIndex: number } {
+  checkSafeInt('extentIndex', index, 0, Number.MAX_SAFE_INTEGER);
+  return { segment: Math.floor(index / EXTENTS_PER_SEGMENT), blockIndex: index % EXTENTS_PER_SEGMENT };
+}
+
+export interface SegmentInfo {
+  segment: number;
+  firstExtent: number;
+  /** Blocks in this segment's blob: at most 50,000. */
+  extentCount: number;
+  /** Bytes of the disk this segment holds. */
+  offset: number;
+  length: number;
+}
+
+/** Extents and bytes of segment `segment` of a disk. */
+export function segmentInfo(segment: number, diskSizeBytes: number): SegmentInfo {
+  const extents = extentCount(diskSizeBytes);
+  checkSafeInt('segment', segment, 0, segmentCount(diskSizeBytes) - 1);
+  const firstExtent = segment * EXTENTS_PER_SEGMENT;
+  const count = Math.min(EXTENTS_PER_SEGMENT, extents - firstExtent);
+  const offset = firstExtent * EXTENT_BYTES;
+  return { segment, firstExtent, extentCount: count, offset, length: Math.min(SEGMENT_BYTES, diskSizeBytes - offset) };
+}
+
+/** The part of one extent that a byte range touches. */
+export interface ExtentSlice {
+  extentIndex: number;
+  segment: number;
+  /** Position of the extent's block in its segment's block list. */
+  blockIndex: number;
+  /** Byte range of the whole extent on the disk. */
+  extentOffset: number;
+  extentLength: number;
+  /** Where the range starts inside the extent, and how many of its bytes it covers. */
+  start: number;
+  length: number;
+  /** The range covers the whole extent: no read-modify-write needed. */
+  full: boolean;
+}
+
+/** Splits the byte range [offset, offset + length) of a disk into extent slices, in order. */
+export function extentsForRange(offset: number, length: number, diskSizeBytes: number): ExtentSlice[] {
+  checkDiskSize(diskSizeBytes);
+  checkSafeInt('offset', offset, 0, diskSizeBytes);
+  checkSafeInt('length', length, 0, diskSizeBytes - offset);
+  const slices: ExtentSlice[] = [];
+  let pos = offset;
+  const end = offset + length;
+  while (pos < end) {
+    const extentIndex = Math.floor(pos / EXTENT_BYTES);
+    const extentOffset = extentIndex * EXTENT_BYTES;
+    const extentLength = Math.min(EXTENT_BYTES, diskSizeBytes - extentOffset);
+    const start = pos - extentOffset;
+    const sliceLength = Math.min(extentLength - start, end - pos);
+    slices.push({
+      extentIndex,
+      segment: Math.floor(extentIndex / EXTENTS_PER_SEGMENT),
+      blockIndex: extentIndex % EXTENTS_PER_SEGMENT,
+      extentOffset,
+      extentLength,
+      start,
+      length: sliceLength,
+      full: start === 0 && sliceLength === extentLength,
+    });
+    pos += sliceLength;
+  }
+  return slices;
+}
+
+export type BlockIdParts =
+  | { kind: 'data'; extentIndex: number; epoch: number; sequence: number }
+  | { kind: 'zero'; lengthBytes: number };
+
+const pad = (n: number, width: number) => String(n).padStart(width, '0');
+
+/** Id of the block holding extent `extentIndex` as batch (epoch, sequence) left it. */
+export function dataBlockId(extentIndex: number, epoch: number, sequence: number): string {
+  checkSafeInt('extentIndex', extentIndex, 0, 999_999_999_999);
+  checkSafeInt('epoch', epoch, 0, 0xffff_ffff);
+  checkSafeInt('sequence', sequence, 0, Number.MAX_SAFE_INTEGER);
+  return Buffer.from(`v1.d.${pad(extentIndex, 12)}.${pad(epoch, 10)}.${pad(sequence, 16)}`, 'ascii').toString('base64');
+}
+
+/** Id of an all-zero block of `lengthBytes` (a multiple of 512, at most 4 MiB). */
+export function zeroBlockId(lengthBytes: number): string {
+  checkSafeInt('lengthBytes', lengthBytes, SECTOR_SIZE, EXTENT_BYTES);
+  if (lengthBytes % SECTOR_SIZE !== 0) throw new DomainError('INVALID_ARGUMENT', 'lengthBytes', `lengthBytes ${lengthBytes} is not a multiple of 512.`);
+  return Buffer.from(`v1.z.${pad(lengthBytes, 12)}.${pad(0, 10)}.${pad(0, 16)}`, 'ascii').toString('base64');
+}
+
+const BLOCK_ID_PATTERN = /^v1\.([dz])\.(\d{12})\.(\d{10})\.(\d{16})$/;
+
+/** Inverse of dataBlockId / zeroBlockId; undefined for an id Ferry did not make. */
+export function parseBlockId(blockId: string): BlockIdParts | undefined {
+  if (typeof blockId !== 'string' || blockId.length !== BLOCK_ID_LENGTH) return undefined;
+  const raw = Buffer.from(blockId, 'base64');
+  if (raw.length !== BLOCK_ID_RAW_LENGTH || raw.toString('base64') !== blockId) return undefined;
+  const m = BLOCK_ID_PATTERN.exec(raw.toString('latin1'));
+  if (m === null) return undefined;
+  const [, kind, a, b, c] = m;
+  if (kind === 'z') return b === pad(0, 10) && c === pad(0, 16) ? { kind: 'zero', lengthBytes: Number(a) } : undefined;
+  const sequence = Number(c);
+  return Number.isSafeInteger(sequence) ? { kind: 'data', extentIndex: Number(a), epoch: Number(b), sequence } : undefined;
+}

@@ -1,0 +1,182 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { isDomainError } from '../../../shared/domain/domain-error';
+import {
+  BLOCK_ID_LENGTH,
+  dataBlockId,
+  EXTENT_BYTES,
+  EXTENTS_PER_SEGMENT,
+  extentCount,
+  extentRange,
+  extentsForRange,
+  parseBlockId,
+  segmentCount,
+  segmentInfo,
+  segmentOfExtent,
+  zeroBlockId,
+} from '../../../shared/domain/extents';
+import { MAX_DISK_SIZE_BYTES } from '../../../shared/domain/ids';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const TiB = 1024 * GiB;
+
+function domainCode(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (isDomainError(err)) return `${err.code} ${err.field}`;
+    throw err;
+  }
+  return 'no error';
+}
+
+describe('extent and segment counts', () => {
+  it('counts 4 MiB extents, the last one partial', () => {
+    expect(extentCount(512)).toBe(1);
+    expect(extentCount(4 * MiB)).toBe(1);
+    expect(extentCount(4 * MiB + 512)).toBe(2);
+    expect(extentRange(1, 4 * MiB + 512)).toEqual({ offset: 4 * MiB, length: 512 });
+    expect(extentRange(0, 10 * 512)).toEqual({ offset: 0, length: 5120 });
+  });
+
+  it('splits a 32 TiB disk into 168 segments of at most 50,000 blocks', () => {
+    expect(extentCount(MAX_DISK_SIZE_BYTES)).toBe(8_388_608);
+    expect(segmentCount(MAX_DISK_SIZE_BYTES)).toBe(168);
+    const last = segmentInfo(167, MAX_DISK_SIZE_BYTES);
+    expect(last).toEqual({ segment: 167, firstExtent: 8_350_000, extentCount: 38_608, offset: 8_350_000 * EXTENT_BYTES, length: 38_608 * EXTENT_BYTES });
+    expect(segmentInfo(0, MAX_DISK_SIZE_BYTES).extentCount).toBe(EXTENTS_PER_SEGMENT);
+  });
+
+  it('keeps every segment of any disk within the committed-block limit and covers the disk', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: MAX_DISK_SIZE_BYTES / 512 }), (sectors) => {
+        const size = sectors * 512;
+        const n = segmentCount(size);
+        let bytes = 0;
+        let extents = 0;
+        for (let s = 0; s < n; s++) {
+          const info = segmentInfo(s, size);
+          expect(info.extentCount).toBeGreaterThan(0);
+          expect(info.extentCount).toBeLessThanOrEqual(50_000);
+          expect(info.offset).toBe(bytes);
+          bytes += info.length;
+          extents += info.extentCount;
+        }
+        expect(bytes).toBe(size);
+        expect(extents).toBe(extentCount(size));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('places extent 50,000 first in segment 1', () => {
+    expect(segmentOfExtent(49_999)).toEqual({ segment: 0, blockIndex: 49_999 });
+    expect(segmentOfExtent(50_000)).toEqual({ segment: 1, blockIndex: 0 });
+  });
+
+  it('refuses sizes and indexes outside the disk', () => {
+    expect(domainCode(() => extentCount(1000))).toBe('INVALID_ARGUMENT diskSizeBytes');
+    expect(domainCode(() => extentCount(MAX_DISK_SIZE_BYTES + 512))).toBe('OUT_OF_RANGE diskSizeBytes');
+    expect(domainCode(() => extentRange(2, 8 * MiB))).toBe('OUT_OF_RANGE extentIndex');
+    expect(domainCode(() => segmentInfo(1, 8 * MiB))).toBe('OUT_OF_RANGE segment');
+    expect(domainCode(() => extentsForRange(0, 8 * MiB + 512, 8 * MiB))).toBe('OUT_OF_RANGE length');
+    expect(domainCode(() => extentsForRange(1.5, 512, 8 * MiB))).toBe('INVALID_ARGUMENT offset');
+  });
+});
+
+describe('extentsForRange', () => {
+  it('splits a range that straddles two extents', () => {
+    expect(extentsForRange(4 * MiB - 1024, 2048, 1 * GiB)).toEqual([
+      { extentIndex: 0, segment: 0, blockIndex: 0, extentOffset: 0, extentLength: 4 * MiB, start: 4 * MiB - 1024, length: 1024, full: false },
+      { extentIndex: 1, segment: 0, blockIndex: 1, extentOffset: 4 * MiB, extentLength: 4 * MiB, start: 0, length: 1024, full: false },
+    ]);
+  });
+
+  it('marks whole extents, including a short last one, as full', () => {
+    const size = 8 * MiB + 4096;
+    const slices = extentsForRange(0, size, size);
+    expect(slices.map((s) => [s.extentIndex, s.length, s.full])).toEqual([
+      [0, 4 * MiB, true],
+      [1, 4 * MiB, true],
+      [2, 4096, true],
+    ]);
+  });
+
+  it('returns nothing for an empty range', () => {
+    expect(extentsForRange(512, 0, 4096)).toEqual([]);
+  });
+
+  it('covers any range exactly with contiguous slices inside one extent each', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: (4 * TiB) / 512 }),
+        fc.double({ min: 0, max: 1, noNaN: true }),
+        fc.integer({ min: 0, max: (64 * MiB) / 512 }),
+        (sectors, at, lenSectors) => {
+          const size = sectors * 512;
+          const offset = Math.floor(at * sectors) * 512;
+          const length = Math.min(lenSectors * 512, size - offset);
+          const slices = extentsForRange(offset, length, size);
+          let pos = offset;
+          for (const s of slices) {
+            expect(s.extentOffset + s.start).toBe(pos);
+            expect(s.start + s.length).toBeLessThanOrEqual(s.extentLength);
+            expect(s.length).toBeGreaterThan(0);
+            expect(s.extentIndex * EXTENT_BYTES).toBe(s.extentOffset);
+            expect(s.segment * EXTENTS_PER_SEGMENT + s.blockIndex).toBe(s.extentIndex);
+            expect(s.extentLength).toBe(extentRange(s.extentIndex, size).length);
+            pos += s.length;
+          }
+          expect(pos).toBe(offset + length);
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+describe('block ids', () => {
+  it('encodes the documented fixed-width string', () => {
+    expect(Buffer.from(dataBlockId(7, 1, 42), 'base64').toString('ascii')).toBe('v1.d.000000000007.0000000001.0000000000000042');
+    expect(Buffer.from(zeroBlockId(4 * MiB), 'base64').toString('ascii')).toBe('v1.z.000004194304.0000000000.0000000000000000');
+  });
+
+  it('has one length for every id, within Azure limits, and round-trips', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 8_388_607 }),
+        fc.integer({ min: 0, max: 0xffff_ffff }),
+        fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+        fc.integer({ min: 1, max: 8192 }),
+        (extent, epoch, seq, zeroSectors) => {
+          const d = dataBlockId(extent, epoch, seq);
+          const z = zeroBlockId(zeroSectors * 512);
+          expect(d).toHaveLength(BLOCK_ID_LENGTH);
+          expect(z).toHaveLength(BLOCK_ID_LENGTH);
+          expect(Buffer.from(d, 'base64').length).toBeLessThanOrEqual(64);
+          expect(parseBlockId(d)).toEqual({ kind: 'data', extentIndex: extent, epoch, sequence: seq });
+          expect(parseBlockId(z)).toEqual({ kind: 'zero', lengthBytes: zeroSectors * 512 });
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('differs per extent, epoch and sequence, and not per call', () => {
+    expect(dataBlockId(1, 1, 1)).toBe(dataBlockId(1, 1, 1));
+    expect(new Set([dataBlockId(1, 1, 1), dataBlockId(2, 1, 1), dataBlockId(1, 2, 1), dataBlockId(1, 1, 2)]).size).toBe(4);
+  });
+
+  it('does not parse ids it did not make', () => {
+    expect(parseBlockId('')).toBeUndefined();
+    expect(parseBlockId(Buffer.from('x'.repeat(45)).toString('base64'))).toBeUndefined();
+    expect(parseBlockId(Buffer.from('v1.z.000000000512.0000000001.0000000000000000').toString('base64'))).toBeUndefined();
+    expect(parseBlockId(Buffer.from('v1.d.000000000001.0000000001.9999999999999999').toString('base64'))).toBeUndefined();
+  });
+
+  it('refuses zero blocks that are not whole sectors or exceed an extent', () => {
+    expect(domainCode(() => zeroBlockId(100 * 512 + 1))).toBe('INVALID_ARGUMENT lengthBytes');
+    expect(domainCode(() => zeroBlockId(EXTENT_BYTES + 512))).toBe('OUT_OF_RANGE lengthBytes');
+  });
+});
