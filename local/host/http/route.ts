@@ -51,7 +51,8 @@ function makeConstraint(fnName: string, template: string, spec: string): Constra
   if (!m) throw HostError.invalidRoute(fnName, template, `constraint "${spec}" is not of the form name or name(args)`);
   const name = (m[1] as string).toLowerCase();
   const raw = m[2];
-  const args = raw === undefined ? [] : name === 'regex' ? [raw] : raw.split(',').map((s) => s.trim());
+  // In templates, braces inside a regex are doubled (`{{2}}`).
+  const args = raw === undefined ? [] : name === 'regex' ? [raw.replace(/\{\{/g, '{').replace(/\}\}/g, '}')] : raw.split(',').map((s) => s.trim());
   const num = (i: number): number => number(fnName, args[i], template, spec);
   const isInt = (v: string): boolean => /^[+-]?\d+$/.test(v);
   switch (name) {

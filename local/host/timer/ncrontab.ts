@@ -65,10 +65,8 @@ function parseField(text: string, min: number, max: number, what: string, names?
     }
     const step = stepText === undefined ? 1 : Number(stepText);
     if (!Number.isInteger(step) || step < 1) throw new Error(`step "${stepText}" in the ${what} field must be a positive integer`);
-    if (what === 'day-of-week') {
-      if (lo === 7) lo = 0;
-      if (hi === 7 && lo > 0) hi = 7;
-    }
+    // Day-of-week 7 is Sunday too: a lone 7 becomes 0; ranges ending at 7 wrap below.
+    if (what === 'day-of-week' && lo === 7 && hi === 7) lo = hi = 0;
     const top = what === 'day-of-week' ? 7 : max;
     if (lo < min || hi > top || lo > hi) throw new Error(`"${item}" is outside ${min}-${max} in the ${what} field`);
     for (let v = lo; v <= hi; v += step) values.add(what === 'day-of-week' ? v % 7 : v);
