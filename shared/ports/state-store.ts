@@ -40,7 +40,9 @@ export interface DiskRecord {
   vmId: string;
   diskId: string;
   sizeBytes: number;
-  /** Highest sequence applied; 0 = none. */
+  /** Replication epoch: starts at 1, raised by each resync; sequences restart at 1 in a new epoch. */
+  epoch: number;
+  /** Highest sequence applied in `epoch`; 0 = none. */
   appliedSequence: number;
   /** ms since epoch when the last batch was applied; 0 = never. */
   lastAppliedAt: number;

@@ -3,17 +3,19 @@
  * Resolves with the first truthy value `fn` returns; rejects naming `what` on timeout,
  * with the last error or value seen.
  */
+export type Truthy<T> = Exclude<T, false | null | undefined | 0 | ''>;
+
 export async function waitFor<T>(
   fn: () => T | Promise<T>,
   what: string,
   { timeoutMs = 20_000, intervalMs = 50 }: { timeoutMs?: number; intervalMs?: number } = {},
-): Promise<NonNullable<T>> {
+): Promise<Truthy<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await fn();
-      if (v) return v as NonNullable<T>;
+      if (v) return v as Truthy<T>;
       last = v;
     } catch (err) {
       last = err;

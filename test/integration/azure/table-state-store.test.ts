@@ -9,7 +9,7 @@ function vm(vmId: string): VmRecord {
   return { vmId, state: 'initial-replication', policy: DEFAULT_POLICY, createdAt: 1, updatedAt: 1, keyId: 1, deadLetteredCount: 0, recentIssues: [] };
 }
 function disk(vmId: string, diskId: string): DiskRecord {
-  return { vmId, diskId, sizeBytes: 1 << 20, appliedSequence: 0, lastAppliedAt: 0, lastCapturedAt: 0, initialCoveredBytes: 0, initialComplete: false };
+  return { vmId, diskId, sizeBytes: 1 << 20, epoch: 1, appliedSequence: 0, lastAppliedAt: 0, lastCapturedAt: 0, initialCoveredBytes: 0, initialComplete: false };
 }
 
 describe('TableStateStore (Azurite)', () => {

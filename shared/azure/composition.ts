@@ -1,0 +1,52 @@
+/**
+ * The composition root of the cloud side: builds the concrete ports from app settings, once
+ * per process (a Functions worker keeps module state between invocations). Settings are read
+ * from the environment, where Azure Functions (and the local host) put the app settings.
+ */
+import { randomBytes } from 'node:crypto';
+import { BlobServiceClient } from '@azure/storage-blob';
+import type { ReplicationDeps } from '../services/deps';
+import { BlobDiskStore } from './blob-disk-store';
+import { TableStateStore } from './table-state-store';
+
+export const DISKS_CONTAINER = 'disks';
+
+/** Azurite's development storage, spelled out: the SDKs do not all accept the shorthand. */
+const DEVELOPMENT_STORAGE =
+  'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;' +
+  'BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;';
+
+export class ConfigurationError extends Error {
+  override readonly name = 'ConfigurationError';
+}
+
+export function storageConnectionString(env: NodeJS.ProcessEnv = process.env): string {
+  const cs = env.AzureWebJobsStorage;
+  if (!cs) throw new ConfigurationError('The app setting AzureWebJobsStorage is not set; set it to the storage account connection string.');
+  return /UseDevelopmentStorage=true/i.test(cs) ? DEVELOPMENT_STORAGE : cs;
+}
+
+export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): Buffer {
+  const b64 = env.FERRY_MASTER_KEY;
+  const key = b64 ? Buffer.from(b64, 'base64') : Buffer.alloc(0);
+  if (key.length !== 32) {
+    throw new ConfigurationError('The app setting FERRY_MASTER_KEY must be the base64 of 32 bytes (a Key Vault reference in Azure); it is missing or malformed.');
+  }
+  return key;
+}
+
+let cached: ReplicationDeps | undefined;
+
+export function replicationDeps(): ReplicationDeps {
+  if (cached) return cached;
+  const cs = storageConnectionString();
+  const blobs = BlobServiceClient.fromConnectionString(cs);
+  cached = {
+    state: TableStateStore.fromConnectionString(cs),
+    disks: new BlobDiskStore(blobs.getContainerClient(DISKS_CONTAINER)),
+    masterKey: masterKeyFromEnv(),
+    now: () => Date.now(),
+    randomBytes: (n) => randomBytes(n),
+  };
+  return cached;
+}

@@ -1,0 +1,73 @@
+/**
+ * The error every use case throws for a condition the caller can act on, with the HTTP status
+ * it maps to and a stable `code` (docs/errors.md lists them). Messages say what was wrong and
+ * what to do; they never contain keys, SAS tokens or connection strings.
+ */
+import type { ZodError } from 'zod';
+
+export type ApiErrorCode =
+  | 'INVALID_JSON'
+  | 'INVALID_REQUEST'
+  | 'INVALID_ID'
+  | 'VM_NOT_FOUND'
+  | 'ALREADY_ENABLED'
+  | 'INVALID_TRANSITION'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'STORAGE_UNAVAILABLE'
+  | 'INTERNAL';
+
+const STATUS: Readonly<Record<ApiErrorCode, number>> = {
+  INVALID_JSON: 400,
+  INVALID_REQUEST: 400,
+  INVALID_ID: 400,
+  VM_NOT_FOUND: 404,
+  ALREADY_ENABLED: 409,
+  INVALID_TRANSITION: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  STORAGE_UNAVAILABLE: 503,
+  INTERNAL: 500,
+};
+
+export class ApiError extends Error {
+  override readonly name = 'ApiError';
+  readonly status: number;
+  constructor(
+    readonly code: ApiErrorCode,
+    message: string,
+    options: { cause?: unknown } = {},
+  ) {
+    super(message, options);
+    this.status = STATUS[code];
+  }
+  toJSON(): { code: ApiErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isApiError(err: unknown): err is ApiError {
+  return err instanceof Error && err.name === 'ApiError';
+}
+
+/** One line naming every field zod rejected: "disks.0.sizeBytes: must be a multiple of 512; policy: unknown key 'x'". */
+export function describeZodError(err: ZodError): string {
+  return err.issues
+    .map((i) => {
+      const path = i.path.length ? i.path.join('.') : '(body)';
+      const msg = i.code === 'unrecognized_keys' ? `unknown field(s) ${i.keys.map((k) => `'${k}'`).join(', ')}` : i.message;
+      return `${path}: ${msg}`;
+    })
+    .join('; ');
+}
+
+export const apiErrors = {
+  invalidJson: (detail: string) => new ApiError('INVALID_JSON', `The request body is not valid JSON (${detail}); send a JSON object with Content-Type: application/json.`),
+  invalidRequest: (what: string, err: ZodError) => new ApiError('INVALID_REQUEST', `Invalid ${what}: ${describeZodError(err)}.`),
+  invalidId: (field: string) =>
+    new ApiError('INVALID_ID', `${field} must match ^[a-z0-9][a-z0-9-]{0,62}$: 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit.`),
+  vmNotFound: (vmId: string) => new ApiError('VM_NOT_FOUND', `VM '${vmId}' is not known; enable replication first (POST /api/vms/${vmId}/enable-replication) or list VMs (GET /api/vms).`),
+  alreadyEnabled: (vmId: string, state: string) =>
+    new ApiError('ALREADY_ENABLED', `Replication of VM '${vmId}' is already enabled (state '${state}'); disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`),
+  invalidTransition: (message: string) => new ApiError('INVALID_TRANSITION', message),
+  tooLarge: (limit: number) => new ApiError('PAYLOAD_TOO_LARGE', `The request body is larger than ${limit} bytes; send a smaller body.`),
+  unavailable: (what: string, cause: unknown) => new ApiError('STORAGE_UNAVAILABLE', `${what}: storage is unavailable right now; retry shortly.`, { cause }),
+};

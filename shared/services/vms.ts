@@ -1,0 +1,208 @@
+/**
+ * Use cases of the VM resource: enable replication, read, list, disable. HTTP functions call
+ * these with untrusted input; every input is validated here with zod and every failure is an
+ * ApiError with a `{code, message}` the caller can act on.
+ */
+import { z } from 'zod';
+import { wrapDataKey } from '../codec/key-wrap';
+import { computeHealth, type HealthReason, type Health } from '../domain/health';
+import { diskSpecSchema, vmIdSchema } from '../domain/ids';
+import { DEFAULT_POLICY, replicationPolicySchema, type ReplicationPolicy } from '../domain/policy';
+import { initialState, transition, type VmState } from '../domain/state-machine';
+import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
+import { ApiError, apiErrors } from './api-error';
+import type { ReplicationDeps } from './deps';
+
+/** At most this many disks per VM (Azure VMs take up to 64 data disks plus the OS disk). */
+export const MAX_DISKS_PER_VM = 65;
+
+export const enableRequestSchema = z.strictObject({
+  disks: z
+    .array(diskSpecSchema)
+    .min(1, 'list at least one disk')
+    .max(MAX_DISKS_PER_VM, `at most ${MAX_DISKS_PER_VM} disks per VM`)
+    .refine((d) => new Set(d.map((x) => x.diskId)).size === d.length, 'diskIds must be unique'),
+  policy: replicationPolicySchema.optional(),
+});
+export type EnableRequest = z.infer<typeof enableRequestSchema>;
+
+export interface DiskView {
+  diskId: string;
+  sizeBytes: number;
+  initialReplicationPercent: number;
+  epoch: number;
+  appliedSequence: number;
+  /** ISO-8601, or null before the first batch. */
+  lastAppliedAt: string | null;
+  lastCapturedAt: string | null;
+}
+
+export interface VmView {
+  vmId: string;
+  state: VmState;
+  health: Health;
+  healthReasons: HealthReason[];
+  rpoSeconds: number | null;
+  policy: ReplicationPolicy;
+  keyId: number;
+  createdAt: string;
+  disks: DiskView[];
+}
+
+export function parseVmId(raw: unknown): string {
+  const r = vmIdSchema.safeParse(raw);
+  if (!r.success) throw apiErrors.invalidId('vmId');
+  return r.data;
+}
+
+const iso = (ms: number): string | null => (ms > 0 ? new Date(ms).toISOString() : null);
+
+export function toVmView({ vm, disks }: VmWithDisks, now: number): VmView {
+  const ordered = [...disks].sort((a, b) => a.diskId.localeCompare(b.diskId, 'en', { numeric: true }));
+  const report = computeHealth({
+    state: vm.state,
+    vmId: vm.vmId,
+    policy: vm.policy,
+    now,
+    disks: ordered.map((d) => ({
+      diskId: d.diskId,
+      appliedSequence: d.appliedSequence,
+      lastCaptureTime: d.lastCapturedAt > 0 ? d.lastCapturedAt : null,
+      deadLetteredCount: 0,
+      gap: d.missingSequence !== undefined ? { expectedSequence: d.missingSequence } : null,
+    })),
+  });
+  const healthReasons = [...report.healthReasons];
+  if (vm.deadLetteredCount > 0) {
+    const last = vm.recentIssues[vm.recentIssues.length - 1];
+    healthReasons.push({
+      code: 'DEAD_LETTERED',
+      message: `${vm.deadLetteredCount} batch(es) of this VM were dead-lettered${last ? `; the last: ${last.message}` : ''}. Inspect the dead-letter queue of 'replication-batches'.`,
+    });
+  }
+  const health: Health = report.health === 'healthy' && healthReasons.length > 0 ? 'warning' : report.health;
+  return {
+    vmId: vm.vmId,
+    state: vm.state,
+    health,
+    healthReasons,
+    rpoSeconds: report.rpoSeconds,
+    policy: vm.policy,
+    keyId: vm.keyId,
+    createdAt: new Date(vm.createdAt).toISOString(),
+    disks: ordered.map((d) => ({
+      diskId: d.diskId,
+      sizeBytes: d.sizeBytes,
+      initialReplicationPercent: d.initialComplete ? 100 : Math.min(99.99, Math.floor((d.initialCoveredBytes / d.sizeBytes) * 10_000) / 100),
+      epoch: d.epoch,
+      appliedSequence: d.appliedSequence,
+      lastAppliedAt: iso(d.lastAppliedAt),
+      lastCapturedAt: iso(d.lastCapturedAt),
+    })),
+  };
+}
+
+async function guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof ApiError) throw err;
+    if (isStateStoreError(err) && err.code === 'STORAGE_UNAVAILABLE') throw apiErrors.unavailable(what, err);
+    throw err;
+  }
+}
+
+export async function enableReplication(deps: ReplicationDeps, rawVmId: unknown, body: unknown): Promise<{ vm: VmView; dataKey: string }> {
+  const vmId = parseVmId(rawVmId);
+  const parsed = enableRequestSchema.safeParse(body);
+  if (!parsed.success) throw apiErrors.invalidRequest('enable-replication request', parsed.error);
+  const request = parsed.data;
+  return guard(`Enabling replication of VM '${vmId}'`, async () => {
+    const existing = await deps.state.getVm(vmId);
+    if (existing) {
+      if (existing.vm.state !== 'disabled') throw apiErrors.alreadyEnabled(vmId, existing.vm.state);
+      // Re-enabling a disabled VM starts over: a new key, new disks, sequences from 1.
+      await deps.state.deleteVm(vmId);
+    }
+    const now = deps.now();
+    const dataKey = deps.randomBytes(32);
+    const keyId = (existing?.vm.keyId ?? 0) + 1;
+    const vm: VmRecord = {
+      vmId,
+      state: initialState(),
+      policy: request.policy ?? DEFAULT_POLICY,
+      createdAt: now,
+      updatedAt: now,
+      keyId,
+      deadLetteredCount: 0,
+      recentIssues: [],
+    };
+    const disks: DiskRecord[] = request.disks.map((d) => ({
+      vmId,
+      diskId: d.diskId,
+      sizeBytes: d.sizeBytes,
+      epoch: 1,
+      appliedSequence: 0,
+      lastAppliedAt: 0,
+      lastCapturedAt: 0,
+      initialCoveredBytes: 0,
+      initialComplete: false,
+    }));
+    try {
+      await deps.state.createVm(vm, disks, { vmId, keyId, wrapped: wrapDataKey(deps.masterKey, dataKey, vmId, keyId, deps.randomBytes), createdAt: now });
+    } catch (err) {
+      if (isStateStoreError(err) && err.code === 'ALREADY_EXISTS') throw apiErrors.alreadyEnabled(vmId, 'initial-replication');
+      throw err;
+    }
+    for (const d of disks) await deps.disks.create({ vmId, diskId: d.diskId }, d.sizeBytes);
+    return { vm: toVmView({ vm, disks }, now), dataKey: dataKey.toString('base64') };
+  });
+}
+
+export async function getVm(deps: ReplicationDeps, rawVmId: unknown): Promise<VmView> {
+  const vmId = parseVmId(rawVmId);
+  return guard(`Reading VM '${vmId}'`, async () => {
+    const found = await deps.state.getVm(vmId);
+    if (!found) throw apiErrors.vmNotFound(vmId);
+    return toVmView(found, deps.now());
+  });
+}
+
+export async function listVms(deps: ReplicationDeps): Promise<VmView[]> {
+  return guard('Listing VMs', async () => {
+    const now = deps.now();
+    return (await deps.state.listVms()).map((v) => toVmView(v, now));
+  });
+}
+
+/**
+ * Moves the VM to `disabled` (with its ETag, retrying on a concurrent update) and deletes its
+ * replica disks. The VM's row stays, so its state can still be read; enabling it again starts over.
+ */
+export async function disableReplication(deps: ReplicationDeps, rawVmId: unknown): Promise<VmView> {
+  const vmId = parseVmId(rawVmId);
+  return guard(`Disabling replication of VM '${vmId}'`, async () => {
+    const found = await updateVmWithRetry(deps, vmId, (vm) => {
+      const t = transition(vm.state, { type: 'disable' }, { vmId });
+      if (!t.ok) throw apiErrors.invalidTransition(t.error.message);
+      return { ...vm, state: t.state };
+    });
+    for (const d of found.disks) await deps.disks.delete({ vmId, diskId: d.diskId });
+    return toVmView(found, deps.now());
+  });
+}
+
+/** Read-modify-write of the VM row under its ETag; re-reads and retries on a conflict. */
+export async function updateVmWithRetry(deps: ReplicationDeps, vmId: string, change: (vm: VmRecord) => VmRecord, attempts = 8): Promise<VmWithDisks> {
+  for (let i = 0; ; i++) {
+    const found = await deps.state.getVm(vmId);
+    if (!found) throw apiErrors.vmNotFound(vmId);
+    const next = { ...change(found.vm), updatedAt: deps.now() };
+    try {
+      const etag = await deps.state.putVm(next);
+      return { vm: { ...next, etag }, disks: found.disks };
+    } catch (err) {
+      if (!(isStateStoreError(err) && err.code === 'CONFLICT') || i + 1 >= attempts) throw err;
+    }
+  }
+}
