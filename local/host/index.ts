@@ -5,7 +5,8 @@
  *
  * What differs from Azure is written where it happens; the main points: one process runs
  * host and functions (Azure runs the worker as a child process), HTTP bodies are buffered
- * (`app.setup({ enableHttpStream: true })` is refused), timer schedule status is kept in memory,
+ * (unless the app calls `app.setup({ enableHttpStream: true })`, which is served as in Azure, through
+ * the library's own proxy), timer schedule status is kept in memory,
  * and function keys come from the options instead of storage.
  */
 import type { Logger } from 'pino';
@@ -112,12 +113,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
   const serviceBus: ServiceBusListener[] = [];
   const infos: FunctionInfo[] = [];
   try {
-    if (app.capabilities.HttpUri) {
-      throw new HostError(
-        'UnsupportedTrigger',
-        'The app called app.setup({ enableHttpStream: true }); the local host does not stream HTTP bodies. Remove that call (bodies up to the size limit are buffered).',
-      );
-    }
+    if (app.capabilities.HttpUri) logger.info(`HTTP streaming enabled by the app (library proxy at ${app.capabilities.HttpUri})`);
     for (const fn of registry.functions) {
       const trigger = triggerOf(fn);
       const name = fn.metadata.name;
@@ -162,6 +158,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
 
   const front = new HttpFrontEnd(http, {
     routePrefix: hostJson.routePrefix,
+    streamUri: app.capabilities.HttpUri,
     functionKey: options.functionKey,
     adminKey: options.adminKey ?? options.functionKey,
     maxBodyBytes: options.maxRequestBodyBytes ?? maxBodyFromEnv() ?? DEFAULT_MAX_BODY,

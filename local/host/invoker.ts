@@ -26,6 +26,8 @@ export interface InvocationInput {
   triggerMetadata?: Record<string, RpcTypedData>;
   /** W3C traceparent to pass on; a new one otherwise. */
   traceParent?: string;
+  /** Chosen by the caller when it must know the id up front (HTTP streaming); a new UUID otherwise. */
+  invocationId?: string;
 }
 
 export type InvocationOutcome =
@@ -89,7 +91,7 @@ export class Invoker {
   }
 
   private async run(fn: RegisteredFunction, input: InvocationInput, reason: string): Promise<InvocationOutcome> {
-    const invocationId = randomUUID();
+    const invocationId = input.invocationId ?? randomUUID();
     const name = fn.metadata.name;
     const log = this.logger.child({ fn: name, invocationId });
     const started = process.hrtime.bigint();

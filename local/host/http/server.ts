@@ -6,8 +6,8 @@
  * `x-functions-key` header or `code` query parameter; `function` level accepts the function
  * key or the admin (master) key, `admin` level only the admin key.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { RegisteredFunction } from '../core-api';
@@ -18,6 +18,9 @@ import { bodyBytes, HOP_BY_HOP, serializeCookie, toRpcHttp } from './convert';
 import { comparePrecedence, compileRoute, matchRoute, type CompiledRoute } from './route';
 
 export type AuthLevel = 'anonymous' | 'function' | 'admin';
+
+/** Streaming mode: how long after a successful invocation to wait for a response that never comes. */
+const STREAM_RESPONSE_WAIT_MS = 2_000;
 
 export interface HttpFunction {
   fn: RegisteredFunction;
@@ -30,6 +33,11 @@ export interface HttpFunction {
 
 export interface HttpFrontEndOptions {
   routePrefix: string;
+  /**
+   * Set when the app enabled HTTP streaming (`app.setup({ enableHttpStream: true })`): the
+   * library's own HTTP proxy, to which requests are forwarded as the Functions host does.
+   */
+  streamUri?: string;
   functionKey: string;
   adminKey: string;
   maxBodyBytes: number;
@@ -62,6 +70,7 @@ export function keyMatches(given: string | undefined, expected: string): boolean
 export class HttpFrontEnd {
   private readonly server: Server;
   private readonly routes: HttpFunction[];
+  private readonly proxyAgent = new Agent({ keepAlive: true });
   private stopping = false;
 
   constructor(
@@ -100,6 +109,7 @@ export class HttpFrontEnd {
   /** Cuts whatever connections are left (after the grace period). */
   closeAll(): void {
     this.server.closeAllConnections();
+    this.proxyAgent.destroy();
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -141,6 +151,8 @@ export class HttpFrontEnd {
       if (!ok) return this.reject(req, res, HostError.unauthorized(f.authLevel === 'admin'));
     }
 
+    if (this.options.streamUri) return this.options.invoker.track(this.forwardStream(req, res, f, params, this.options.streamUri));
+
     const body = await this.readBody(req);
     if (body === 'too-large') {
       res.setHeader('connection', 'close');
@@ -169,6 +181,89 @@ export class HttpFrontEnd {
     if (this.stopping) res.setHeader('connection', 'close');
     if (!outcome.ok) return this.sendError(res, HostError.internal(outcome.invocationId));
     this.sendResponse(req, res, f, outcome.response);
+  }
+
+  /**
+   * HTTP streaming: the invocation request carries no body; the request itself goes to the
+   * library's proxy with `x-ms-invocation-id` (and `x-forwarded-host` / `-proto`, from which
+   * the library rebuilds the URL), and the handler's response comes back on that proxy
+   * connection, streamed to the client as it arrives.
+   */
+  private async forwardStream(req: IncomingMessage, res: ServerResponse, f: HttpFunction, params: Record<string, string>, streamUri: string): Promise<void> {
+    const limit = this.options.maxBodyBytes;
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) {
+      res.setHeader('connection', 'close');
+      return this.reject(req, res, HostError.payloadTooLarge(limit));
+    }
+    const invocationId = randomUUID();
+    const http = toRpcHttp(req, params, undefined);
+    const triggerMetadata: Record<string, { string?: string; json?: string }> = {
+      Query: { json: JSON.stringify(http.query ?? {}) },
+      Headers: { json: JSON.stringify(http.headers ?? {}) },
+    };
+    for (const [k, v] of Object.entries(params)) triggerMetadata[k] = { string: v };
+
+    let answered = false;
+    const responded = new Promise<boolean>((resolve) => {
+      const target = new URL(req.url ?? '/', streamUri);
+      const headers: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP_BY_HOP.has(k) && k !== 'host') headers[k] = v;
+      if (req.headers['content-length']) headers['content-length'] = req.headers['content-length'];
+      headers['x-ms-invocation-id'] = invocationId;
+      headers['x-forwarded-host'] = req.headers.host ?? 'localhost';
+      headers['x-forwarded-proto'] = 'http';
+      const proxyReq = httpRequest(target, { method: req.method, headers, agent: this.proxyAgent });
+      proxyReq.on('response', (pres) => {
+        answered = true;
+        res.statusCode = pres.statusCode ?? 200;
+        for (const [k, v] of Object.entries(pres.headers)) {
+          if (v === undefined || HOP_BY_HOP.has(k) || k === 'x-ms-invocation-id') continue;
+          res.setHeader(k, v);
+        }
+        pres.pipe(res);
+        pres.once('end', () => resolve(true));
+        pres.once('error', () => resolve(true));
+      });
+      proxyReq.on('error', () => resolve(false));
+      res.once('close', () => {
+        if (!res.writableFinished) proxyReq.destroy();
+        resolve(answered);
+      });
+      let size = 0;
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) {
+          req.unpipe(proxyReq);
+          proxyReq.destroy();
+          if (!res.headersSent) {
+            res.setHeader('connection', 'close');
+            this.sendError(res, HostError.payloadTooLarge(limit));
+          }
+        }
+      });
+      req.pipe(proxyReq);
+    });
+
+    const outcome = await this.options.invoker.invoke(
+      f.fn,
+      { inputData: [{ name: f.triggerName, data: { http } }], triggerMetadata, invocationId },
+      'This function was programmatically called via the host APIs.',
+    );
+    if (!outcome.ok) {
+      if (!res.headersSent) this.sendError(res, HostError.internal(outcome.invocationId));
+      else res.destroy();
+      return;
+    }
+    // The library sends the response before the invocation completes; a handler that
+    // returned nothing sends none, so give up waiting after a moment and answer 204.
+    let timer: NodeJS.Timeout | undefined;
+    const got = await Promise.race([responded, new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STREAM_RESPONSE_WAIT_MS)))]);
+    clearTimeout(timer);
+    if (!got && !res.headersSent) {
+      res.statusCode = 204;
+      res.end();
+    }
   }
 
   private stripPrefix(path: string): string | undefined {
