@@ -21,6 +21,8 @@ export interface ServiceBusSettings {
 
 export interface HostJson {
   routePrefix: string;
+  /** host.json functionTimeout; undefined = unbounded ("-1" or absent). */
+  functionTimeoutMs: number | undefined;
   serviceBus: ServiceBusSettings;
 }
 
@@ -57,6 +59,7 @@ function span(value: unknown, fallbackMs: number, name: string): number {
 export function readHostJson(appRoot: string): HostJson {
   const file = join(appRoot, 'host.json');
   let parsed: {
+    functionTimeout?: unknown;
     extensions?: { http?: { routePrefix?: unknown }; serviceBus?: Record<string, unknown> };
   };
   try {
@@ -67,8 +70,10 @@ export function readHostJson(appRoot: string): HostJson {
   const prefix = parsed.extensions?.http?.routePrefix;
   const sb = parsed.extensions?.serviceBus ?? {};
   const p = 'extensions.serviceBus.';
+  const timeout = parsed.functionTimeout;
   return {
     routePrefix: typeof prefix === 'string' ? prefix.replace(/^\/+|\/+$/g, '') : 'api',
+    functionTimeoutMs: timeout === undefined || timeout === null || timeout === '-1' ? undefined : span(timeout, 0, 'functionTimeout'),
     serviceBus: {
       autoCompleteMessages: sb.autoCompleteMessages === undefined ? true : sb.autoCompleteMessages === true,
       maxConcurrentCalls: Math.max(1, num(sb.maxConcurrentCalls, 16 * Math.max(1, cpus().length), p + 'maxConcurrentCalls')),

@@ -101,7 +101,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     throw err;
   }
   const { registry } = app;
-  const invoker = new Invoker(registry, logger);
+  const invoker = new Invoker(registry, logger, hostJson.functionTimeoutMs);
 
   const cleanup = (): void => {
     app.unload();

@@ -52,6 +52,8 @@ export class Invoker {
   constructor(
     private readonly registry: AppRegistry,
     private readonly logger: Logger,
+    /** host.json functionTimeout: past it the invocation counts as failed (the handler cannot be stopped). */
+    private readonly timeoutMs?: number,
   ) {}
 
   get inFlight(): number {
@@ -160,7 +162,7 @@ export class Invoker {
       };
       coreCtx.state = 'invocation';
       try {
-        post.result = await invocModel.invokeFunction(invocationContext, pre.inputs, pre.functionCallback);
+        post.result = await this.withTimeout(invocModel.invokeFunction(invocationContext, pre.inputs, pre.functionCallback), name, invocationId);
       } catch (err) {
         post.error = err ?? new Error('The function threw a null or undefined value.');
       } finally {
@@ -184,6 +186,21 @@ export class Invoker {
       log.error({ durationMs, err: error }, `Executed 'Functions.${name}' (Failed, Id=${invocationId}, Duration=${durationMs}ms)`);
       return { ok: false, invocationId, error, durationMs };
     }
+  }
+
+  /**
+   * As in Azure, an invocation running past functionTimeout fails ("Timeout value of ...
+   * exceeded"). Azure then restarts the worker; here the handler's promise is left to settle
+   * on its own, unobserved.
+   */
+  private withTimeout<T>(work: Promise<T>, name: string, invocationId: string): Promise<T> {
+    const ms = this.timeoutMs;
+    if (ms === undefined || ms <= 0) return work;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new FunctionTimeoutError(name, invocationId, ms)), ms);
+    });
+    return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
   }
 
   /** Runs one kind of hook in registration order; a throwing hook fails the invocation. */
@@ -234,6 +251,21 @@ export class Invoker {
     if (category === 'user') log[method](message);
     else log[method]({ category }, message);
   }
+}
+
+export class FunctionTimeoutError extends Error {
+  override readonly name = 'FunctionTimeoutError';
+  readonly code = 'FunctionTimeout';
+  constructor(fn: string, invocationId: string, ms: number) {
+    super(`Timeout value of ${formatSpan(ms)} exceeded by function 'Functions.${fn}' (Id: '${invocationId}'). Initiating cancellation.`);
+  }
+}
+
+function formatSpan(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  const pad = (n: number): string => String(n).padStart(2, '0');
+  const frac = ms % 1000 ? `.${String(ms % 1000).padStart(3, '0')}` : '';
+  return `${pad(Math.floor(s / 3600))}:${pad(Math.floor(s / 60) % 60)}:${pad(s % 60)}${frac}`;
 }
 
 function newTraceParent(): string {

@@ -252,6 +252,13 @@ describe('hooks', () => {
     expect(mine[1]?.hadPre).toBe(true);
   });
 
+  it('passes log lines through log hooks, which may rewrite them', async () => {
+    const r = await getJson(`${t.api}/hooked/logs`);
+    const id = r.body.invocationId as string;
+    const line = await waitFor(() => t.log.lines.find((l) => l.invocationId === id && l.fn === 'hookedLogs' && !String(l.msg).startsWith('Execut')), 'the user log line');
+    expect(line.msg).toBe('[redacted by log hook]');
+  });
+
   it('lets postInvocation clear an error', async () => {
     const r = await getJson(`${t.api}/hooked/fails`);
     expect(r.status).toBe(202);

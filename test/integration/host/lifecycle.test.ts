@@ -66,6 +66,23 @@ describe('graceful stop', () => {
   });
 });
 
+describe('functionTimeout', () => {
+  it('fails an invocation that runs past host.json functionTimeout', async () => {
+    const { host, log } = await startTestHost({ appRoot: join(APP_ROOT, 'timeout-app') });
+    try {
+      const key = `timeout-${Date.now()}`;
+      const started = Date.now();
+      const r = await freshGet(`${host.url}/hold/${key}`);
+      expect(r.status).toBe(500);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+      expect(log.text()).toContain("Timeout value of 00:00:01 exceeded by function 'Functions.hold'");
+      release(key);
+    } finally {
+      await host.stop({ graceMs: 1000 });
+    }
+  });
+});
+
 describe('process entry (dist/local/host/main.js)', () => {
   it('logs the ready line and one line per function, serves, and exits 0 on SIGTERM', async () => {
     ensureBuilt();
