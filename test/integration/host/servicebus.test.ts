@@ -234,3 +234,15 @@ describe('Service Bus sessions', () => {
     await waitFor(() => queueIsEmpty(Q.session), 'the session messages to be completed');
   });
 });
+
+describe('Service Bus graceful stop', () => {
+  // Last in this file: it stops the shared host.
+  it('lets a message in flight finish and completes it before stopping', async () => {
+    const sessionId = `stop-${randomBytes(2).toString('hex')}`;
+    await send(Q.session, { body: { seq: 0, delayMs: 1500 }, sessionId });
+    await waitFor(() => events('sbSession').some((e) => e.sessionId === sessionId && e.phase === 'start'), 'the invocation to start');
+    await t.host.stop({ graceMs: 10_000 });
+    expect(events('sbSession').some((e) => e.sessionId === sessionId && e.phase === 'end')).toBe(true);
+    expect(await queueIsEmpty(Q.session)).toBe(true);
+  });
+});
