@@ -5,8 +5,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { BlobServiceClient } from '@azure/storage-blob';
+import { STAGING_CONTAINER } from '../domain/envelope';
+import type { ApplyDeps } from '../services/apply';
 import type { ReplicationDeps } from '../services/deps';
 import { BlobDiskStore } from './blob-disk-store';
+import { BlobStagingStore } from './blob-staging-store';
 import { TableStateStore } from './table-state-store';
 
 export const DISKS_CONTAINER = 'disks';
@@ -35,13 +38,18 @@ export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): Buffer {
   return key;
 }
 
-let cached: ReplicationDeps | undefined;
+let cached: ApplyDeps | undefined;
 
 export function replicationDeps(): ReplicationDeps {
+  return applyDeps();
+}
+
+export function applyDeps(): ApplyDeps {
   if (cached) return cached;
   const cs = storageConnectionString();
   const blobs = BlobServiceClient.fromConnectionString(cs);
   cached = {
+    staging: new BlobStagingStore(blobs.getContainerClient(STAGING_CONTAINER)),
     state: TableStateStore.fromConnectionString(cs),
     disks: new BlobDiskStore(blobs.getContainerClient(DISKS_CONTAINER)),
     masterKey: masterKeyFromEnv(),

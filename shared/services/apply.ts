@@ -74,7 +74,19 @@ function deadLetter(reason: DeadLetterReason, description: string, env?: { vmId:
   return { kind: 'dead-letter', reason, description, ...(env ? { vmId: env.vmId, diskId: env.diskId } : {}) };
 }
 
-export async function applyBatchMessage(deps: ApplyDeps, body: unknown): Promise<ApplyOutcome> {
+/** A message body as the trigger hands it over: parsed JSON, a JSON string, or bytes. */
+function normalizeBody(body: unknown): unknown {
+  const text = Buffer.isBuffer(body) || body instanceof Uint8Array ? Buffer.from(body).toString('utf8') : body;
+  if (typeof text !== 'string') return text;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
+export async function applyBatchMessage(deps: ApplyDeps, rawBody: unknown): Promise<ApplyOutcome> {
+  const body = normalizeBody(rawBody);
   let env: BatchEnvelope;
   try {
     env = parseEnvelope(body);

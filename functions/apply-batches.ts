@@ -1,0 +1,54 @@
+/**
+ * Service Bus trigger on `replication-batches` (sessions: one per disk, so each disk's batches
+ * are applied strictly in order by one instance at a time while disks proceed in parallel).
+ *
+ * It uses the SDK-type binding (`sdkBinding: true`, @azure/functions-extensions-servicebus) so
+ * that it settles each message itself: complete when applied or already applied, dead-letter
+ * with a specific reason when the batch can never be applied, abandon (then rethrow) on a
+ * transient failure so Service Bus redelivers it, dead-lettering after MaxDeliveryCount.
+ */
+import '@azure/functions-extensions-servicebus';
+import type { ServiceBusMessageContext } from '@azure/functions-extensions-servicebus';
+import { app, type InvocationContext } from '@azure/functions';
+import { applyDeps } from '../shared/azure/composition';
+import { applyBatchMessage } from '../shared/services/apply';
+
+export const REPLICATION_QUEUE = 'replication-batches';
+
+export async function applyBatches(messageContext: ServiceBusMessageContext, context: InvocationContext): Promise<void> {
+  const messages = Array.isArray(messageContext.messages) ? messageContext.messages : [messageContext.messages];
+  for (const message of messages) {
+    let outcome;
+    try {
+      outcome = await applyBatchMessage(applyDeps(), message.body);
+    } catch (err) {
+      context.warn(`Batch ${String(message.messageId)} not applied, will be redelivered (delivery ${message.deliveryCount ?? 0}): ${err instanceof Error ? err.message : String(err)}`);
+      await messageContext.actions.abandon(message);
+      throw err;
+    }
+    if (outcome.kind === 'dead-letter') {
+      context.warn(`Batch ${String(message.messageId)} dead-lettered: ${outcome.reason}: ${outcome.description}`);
+      await messageContext.actions.deadletter(message, undefined, outcome.reason, outcome.description);
+      continue;
+    }
+    if (outcome.kind === 'applied') {
+      context.log(
+        `Applied ${outcome.vmId}/${outcome.diskId} epoch ${outcome.epoch} seq ${outcome.sequence}: ${outcome.stats.extentsWritten} extents, ${outcome.stats.bytesUploaded} bytes up` +
+          (outcome.vmState ? `; VM now ${outcome.vmState}` : ''),
+      );
+    } else {
+      context.log(`Duplicate ${outcome.vmId}/${outcome.diskId} epoch ${outcome.epoch} seq ${outcome.sequence} (applied ${outcome.appliedSequence}): completed without change`);
+    }
+    await messageContext.actions.complete(message);
+  }
+}
+
+app.serviceBusQueue('apply-batches', {
+  connection: 'ServiceBusConnection',
+  queueName: REPLICATION_QUEUE,
+  isSessionsEnabled: true,
+  sdkBinding: true,
+  autoCompleteMessages: false,
+  cardinality: 'one',
+  handler: applyBatches as unknown as (message: unknown, context: InvocationContext) => Promise<void>,
+});
