@@ -18,6 +18,7 @@ async function main(): Promise<void> {
   const port = Number(portText);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`FERRY_HOST_PORT must be a port number, not "${portText}".`);
   const graceMs = Number(process.env.FERRY_HOST_GRACE_MS ?? 10_000);
+  if (!Number.isFinite(graceMs) || graceMs < 0) throw new Error(`FERRY_HOST_GRACE_MS must be a number of milliseconds, not "${process.env.FERRY_HOST_GRACE_MS}".`);
 
   const host = await startFunctionsHost({
     appRoot,

@@ -78,6 +78,7 @@ export class HttpFrontEnd {
     private readonly options: HttpFrontEndOptions,
   ) {
     this.routes = [...functions].sort((a, b) => comparePrecedence(a.route, b.route));
+    assertNoConflicts(this.routes);
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((err) => {
         options.logger.error({ err }, 'Unhandled error serving an HTTP request');
@@ -347,6 +348,22 @@ export class HttpFrontEnd {
     res.setHeader('content-type', 'application/json; charset=utf-8');
     res.setHeader('content-length', body.length);
     res.end(body);
+  }
+}
+
+/** Two functions with the same template and a shared method: Azure refuses that app too. */
+function assertNoConflicts(routes: HttpFunction[]): void {
+  const seen = new Map<string, HttpFunction[]>();
+  for (const f of routes) {
+    const key = f.route.template.toLowerCase();
+    const same = seen.get(key) ?? [];
+    for (const other of same) {
+      const shared = !f.methods || !other.methods || f.methods.some((m) => other.methods?.includes(m));
+      if (shared) {
+        throw new HostError('InvalidRoute', `Functions '${other.fn.metadata.name}' and '${f.fn.metadata.name}' both serve route "${f.route.template}" for the same methods; give one another route or other methods.`);
+      }
+    }
+    seen.set(key, [...same, f]);
   }
 }
 
