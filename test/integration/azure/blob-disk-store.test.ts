@@ -3,45 +3,11 @@ import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobDiskStore } from '../../../shared/azure/blob-disk-store';
 import { EXTENT_BYTES, SEGMENT_BYTES } from '../../../shared/domain/disk-layout';
-import type { BatchRecord } from '../../../shared/domain/wire-format';
 import { isDiskStoreError } from '../../../shared/ports/disk-store';
 import { startAzurite, type TestAzurite } from '../../support/azurite';
+import { applyToModel, randomRecords, rng } from '../../support/batches';
 
 const MiB = 1024 * 1024;
-
-/** Deterministic pseudo-random generator (mulberry32), so failures replay. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function applyToModel(model: Buffer, records: BatchRecord[]): void {
-  for (const r of records) {
-    if (r.kind === 'zero') model.fill(0, r.offset, r.offset + r.length);
-    else model.set(r.data, r.offset);
-  }
-}
-
-/** Random non-overlapping sector-aligned records inside [0, size). */
-function randomRecords(next: () => number, size: number, count: number, maxLen: number): BatchRecord[] {
-  const sectors = size / 512;
-  const picked: BatchRecord[] = [];
-  const taken: [number, number][] = [];
-  for (let tries = 0; picked.length < count && tries < count * 20; tries++) {
-    const start = Math.floor(next() * sectors) * 512;
-    const len = Math.min(size - start, (1 + Math.floor(next() * (maxLen / 512))) * 512);
-    if (taken.some(([s, e]) => start < e && s < start + len)) continue;
-    taken.push([start, start + len]);
-    picked.push(next() < 0.2 ? { kind: 'zero', offset: start, length: len } : { kind: 'data', offset: start, data: randomBytes(len) });
-  }
-  return picked.sort((a, b) => a.offset - b.offset);
-}
 
 describe('BlobDiskStore (Azurite)', () => {
   let azurite: TestAzurite;
