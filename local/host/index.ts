@@ -123,6 +123,13 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
       }
       const [triggerName, binding] = trigger;
       const type = String(binding.type);
+      const unserved = Object.entries(fn.metadata.bindings).filter(
+        ([n, b]) => n !== triggerName && !(b.direction === 'out' && String(b.type).toLowerCase() === 'http'),
+      );
+      if (unserved.length > 0) {
+        const list = unserved.map(([n, b]) => `${n} (${String(b.type)}, ${String(b.direction)})`).join(', ');
+        logger.warn({ fn: name }, `Function '${name}' declares bindings the local host does not serve: ${list}; extra inputs arrive empty and outputs are dropped.`);
+      }
       switch (type.toLowerCase()) {
         case 'httptrigger': {
           const f = toHttpFunction(fn, triggerName, binding);
