@@ -208,8 +208,21 @@ describe('sealBatch / openBatch round trip', () => {
 });
 
 describe('openBatch on damaged input', () => {
-  it('rejects every single-byte change of a sealed batch, at every offset, with a WireFormatError', () => {
-    for (const codec of ['none', 'zstd', 'brotli'] as const) {
+  it('rejects every single-byte change of a sealed batch with a WireFormatError (every value in the prefix)', () => {
+    const { sealed } = sample(1, 'zstd');
+    const everyValue = Array.from({ length: 255 }, (_, i) => i + 1);
+    for (let i = 0; i < sealed.length; i++) {
+      // Past the prefix every change is a GCM failure; a few values per byte show it.
+      for (const delta of i < PREFIX_BYTES ? everyValue : [0x01, 0x10, 0x80, 0xff]) {
+        const bad = Buffer.from(sealed);
+        bad[i] = bad[i]! ^ delta;
+        expectWireError(() => openBatch(bad, keys));
+      }
+    }
+  });
+
+  it('rejects single-byte changes at every offset with codecs none and brotli', () => {
+    for (const codec of ['none', 'brotli'] as const) {
       const { sealed } = sample(1, codec);
       for (let i = 0; i < sealed.length; i++) {
         for (const delta of [0x01, 0x80, 0xff]) {
@@ -240,6 +253,17 @@ describe('openBatch on damaged input', () => {
       expectWireError(() => openBatch(sealed.subarray(0, len), keys), 'TRUNCATED');
       expectWireError(() => peekBatchHeader(sealed.subarray(0, len)), 'TRUNCATED');
     }
+  });
+
+  it('reads a plain Uint8Array as well as a Buffer', () => {
+    const { sealed } = sample();
+    const copy = new Uint8Array(sealed.length + 8).subarray(8);
+    copy.set(sealed);
+    expect(openBatch(copy, keys).header.sequence).toBe(42);
+  });
+
+  it('rejects input that is not bytes', () => {
+    expectWireError(() => openBatch('FRYB' as unknown as Uint8Array, keys), 'TRUNCATED', 'bytes');
   });
 
   it('rejects trailing bytes as TRAILING_DATA', () => {
