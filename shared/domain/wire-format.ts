@@ -319,7 +319,7 @@ function readId(bytes: Buffer, lengthOffset: number, slotOffset: number, field: 
  * authenticated: use it to choose the key, never to act on the data.
  */
 export function peekBatchHeader(bytes: Uint8Array): BatchHeader {
-  if (!(bytes instanceof Uint8Array)) throw new WireFormatError('TRUNCATED', 'bytes', 'A sealed batch must be a Buffer.');
+  if (!(bytes instanceof Uint8Array)) throw new WireFormatError('BAD_FIELD', 'bytes', 'A sealed batch must be a Buffer or Uint8Array.');
   const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (b.length < 4) throw truncated('magic', b.length, 4);
   if (!b.subarray(0, 4).equals(MAGIC)) {

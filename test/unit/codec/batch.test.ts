@@ -263,7 +263,7 @@ describe('openBatch on damaged input', () => {
   });
 
   it('rejects input that is not bytes', () => {
-    expectWireError(() => openBatch('FRYB' as unknown as Uint8Array, keys), 'TRUNCATED', 'bytes');
+    expectWireError(() => openBatch('FRYB' as unknown as Uint8Array, keys), 'BAD_FIELD', 'bytes');
   });
 
   it('rejects trailing bytes as TRAILING_DATA', () => {
