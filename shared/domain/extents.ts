@@ -21,9 +21,12 @@
  *   to it: staging it again on a retry writes the same bytes under the same id (idempotent),
  *   and it never collides with the block it replaces. A zero block depends only on its length,
  *   so one staged zero block serves every all-zero extent of that length in a commit.
+ * - Applying a batch: `planExtentWrites` groups its records by extent; `composeExtent` builds
+ *   an extent's new content (reading the old one only when the batch covers it partly).
  */
 import { DomainError } from './domain-error';
 import { MAX_DISK_SIZE_BYTES, SECTOR_SIZE } from './ids';
+import type { BatchRecord } from './wire-format';
 
 export const EXTENT_BYTES = 4 * 1024 * 1024;
 /** Azure: "The committed block count cannot exceed the maximum limit of 50,000 blocks." */
@@ -165,4 +168,86 @@ export function parseBlockId(blockId: string): BlockIdParts | undefined {
   if (kind === 'z') return b === pad(0, 10) && c === pad(0, 16) ? { kind: 'zero', lengthBytes: Number(a) } : undefined;
   const sequence = Number(c);
   return Number.isSafeInteger(sequence) ? { kind: 'data', extentIndex: Number(a), epoch: Number(b), sequence } : undefined;
+}
+
+/** Part of one extent written by a batch: bytes, or zeros when `data` is absent. */
+export interface ExtentPiece {
+  /** Offset inside the extent. */
+  start: number;
+  length: number;
+  data?: Uint8Array;
+}
+
+/** Everything one batch writes into one extent. */
+export interface ExtentWrite {
+  extentIndex: number;
+  segment: number;
+  blockIndex: number;
+  extentOffset: number;
+  extentLength: number;
+  /** Sorted by `start`, non-overlapping (as the batch's records are). */
+  pieces: ExtentPiece[];
+  /** The pieces cover the whole extent: its previous content is not needed. */
+  full: boolean;
+  /** Full, and only zero records: the extent becomes the shared zero block (zeroBlockId). */
+  allZero: boolean;
+}
+
+/**
+ * Groups a batch's records (sorted, non-overlapping, inside the disk, as openBatch returns
+ * them) by the extents they touch, in extent order. Data pieces are views, not copies.
+ */
+export function planExtentWrites(records: readonly BatchRecord[], diskSizeBytes: number): ExtentWrite[] {
+  const writes: ExtentWrite[] = [];
+  let current: (ExtentWrite & { covered: number }) | undefined;
+  const flush = () => {
+    if (current === undefined) return;
+    const { covered, ...write } = current;
+    write.full = covered === write.extentLength;
+    write.allZero = write.full && write.pieces.every((p) => p.data === undefined);
+    writes.push(write);
+  };
+  for (const r of records) {
+    const length = r.kind === 'data' ? r.data.length : r.length;
+    let consumed = 0;
+    for (const slice of extentsForRange(r.offset, length, diskSizeBytes)) {
+      if (current?.extentIndex !== slice.extentIndex) {
+        flush();
+        const { extentIndex, segment, blockIndex, extentOffset, extentLength } = slice;
+        current = { extentIndex, segment, blockIndex, extentOffset, extentLength, pieces: [], full: false, allZero: false, covered: 0 };
+      }
+      const piece: ExtentPiece = { start: slice.start, length: slice.length };
+      if (r.kind === 'data') piece.data = r.data.subarray(consumed, consumed + slice.length);
+      current.pieces.push(piece);
+      current.covered += slice.length;
+      consumed += slice.length;
+    }
+  }
+  flush();
+  return writes;
+}
+
+/**
+ * The content of an extent after a write: `previous` is its current content, or null for an
+ * extent never written (it reads as zeros); it may be omitted when the write is full.
+ */
+export function composeExtent(write: ExtentWrite, previous?: Uint8Array | null): Buffer {
+  let out: Buffer;
+  if (write.full) {
+    out = Buffer.allocUnsafe(write.extentLength);
+  } else if (previous === undefined) {
+    throw new DomainError('INVALID_ARGUMENT', 'previous', `Extent ${write.extentIndex} is only partly written by this batch; pass its current content (or null if it was never written).`);
+  } else if (previous === null) {
+    out = Buffer.alloc(write.extentLength);
+  } else {
+    if (previous.length !== write.extentLength) {
+      throw new DomainError('INVALID_ARGUMENT', 'previous', `Extent ${write.extentIndex} is ${write.extentLength} bytes; its previous content has ${previous.length}.`);
+    }
+    out = Buffer.from(previous);
+  }
+  for (const p of write.pieces) {
+    if (p.data === undefined) out.fill(0, p.start, p.start + p.length);
+    else out.set(p.data, p.start);
+  }
+  return out;
 }

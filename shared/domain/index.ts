@@ -5,6 +5,7 @@ export * from './extents';
 export * from './health';
 export * from './ids';
 export * from './policy';
+export * from './sequencing';
 export * from './state-machine';
 export * from './wire-format';
 export * from './wire-format-error';

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { isDomainError } from '../../../shared/domain/domain-error';
 import {
   BLOCK_ID_LENGTH,
+  composeExtent,
   dataBlockId,
   EXTENT_BYTES,
   EXTENTS_PER_SEGMENT,
@@ -10,12 +11,14 @@ import {
   extentRange,
   extentsForRange,
   parseBlockId,
+  planExtentWrites,
   segmentCount,
   segmentInfo,
   segmentOfExtent,
   zeroBlockId,
 } from '../../../shared/domain/extents';
 import { MAX_DISK_SIZE_BYTES } from '../../../shared/domain/ids';
+import type { BatchRecord } from '../../../shared/domain/wire-format';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -178,5 +181,83 @@ describe('block ids', () => {
   it('refuses zero blocks that are not whole sectors or exceed an extent', () => {
     expect(domainCode(() => zeroBlockId(100 * 512 + 1))).toBe('INVALID_ARGUMENT lengthBytes');
     expect(domainCode(() => zeroBlockId(EXTENT_BYTES + 512))).toBe('OUT_OF_RANGE lengthBytes');
+  });
+});
+
+describe('planExtentWrites and composeExtent', () => {
+  const SIZE = 3 * EXTENT_BYTES - 4096; // three extents, the last one short
+
+  it('groups records by extent and splits a record that straddles extents', () => {
+    const data = Buffer.alloc(2048, 7);
+    const plan = planExtentWrites(
+      [
+        { kind: 'zero', offset: 0, length: 4096 },
+        { kind: 'data', offset: EXTENT_BYTES - 1024, data },
+      ],
+      SIZE,
+    );
+    expect(plan.map((w) => [w.extentIndex, w.pieces.map((p) => [p.start, p.length, p.data?.length]), w.full])).toEqual([
+      [0, [[0, 4096, undefined], [EXTENT_BYTES - 1024, 1024, 1024]], false],
+      [1, [[0, 1024, 1024]], false],
+    ]);
+  });
+
+  it('marks an extent covered by zero records as an all-zero block', () => {
+    const plan = planExtentWrites([{ kind: 'zero', offset: 0, length: SIZE }], SIZE);
+    expect(plan.map((w) => [w.extentIndex, w.full, w.allZero])).toEqual([
+      [0, true, true],
+      [1, true, true],
+      [2, true, true],
+    ]);
+    expect(plan[2]!.extentLength).toBe(EXTENT_BYTES - 4096);
+  });
+
+  it('needs the previous content for a partial write', () => {
+    const [w] = planExtentWrites([{ kind: 'zero', offset: 0, length: 512 }], SIZE);
+    expect(domainCode(() => composeExtent(w!))).toBe('INVALID_ARGUMENT previous');
+    expect(domainCode(() => composeExtent(w!, Buffer.alloc(10)))).toBe('INVALID_ARGUMENT previous');
+    expect(composeExtent(w!, null).equals(Buffer.alloc(EXTENT_BYTES))).toBe(true);
+  });
+
+  it('gives the same disk as writing the records directly', () => {
+    const disk = Buffer.alloc(SIZE);
+    for (let i = 0; i < SIZE; i += 4096) disk[i] = (i / 4096) & 0xff;
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            at: fc.constantFrom(0, EXTENT_BYTES - 2048, EXTENT_BYTES, 2 * EXTENT_BYTES - 512, 12345 * 512, SIZE - 8192),
+            gap: fc.integer({ min: 0, max: 16 }),
+            sectors: fc.integer({ min: 1, max: 16 }),
+            zero: fc.boolean(),
+            fill: fc.integer({ min: 1, max: 255 }),
+          }),
+          { maxLength: 8 },
+        ),
+        (shape) => {
+          const records: BatchRecord[] = [];
+          let end = 0;
+          for (const s of [...shape].sort((a, b) => a.at - b.at)) {
+            const offset = Math.max(end, s.at) + s.gap * 512;
+            const length = Math.min(s.sectors * 512, SIZE - offset);
+            if (length <= 0) break;
+            records.push(s.zero ? { kind: 'zero', offset, length } : { kind: 'data', offset, data: Buffer.alloc(length, s.fill) });
+            end = offset + length;
+          }
+          const direct = Buffer.from(disk);
+          for (const r of records) {
+            if (r.kind === 'zero') direct.fill(0, r.offset, r.offset + r.length);
+            else direct.set(r.data, r.offset);
+          }
+          const viaPlan = Buffer.from(disk);
+          for (const w of planExtentWrites(records, SIZE)) {
+            const previous = viaPlan.subarray(w.extentOffset, w.extentOffset + w.extentLength);
+            composeExtent(w, w.full ? undefined : previous).copy(viaPlan, w.extentOffset);
+          }
+          expect(viaPlan.equals(direct)).toBe(true);
+        },
+      ),
+      { numRuns: 150 },
+    );
   });
 });
