@@ -18,8 +18,8 @@ import { openBatch } from '../codec/batch';
 import { sealedBytesFrom } from '../codec/envelope';
 import { unwrapDataKey } from '../codec/key-wrap';
 import { MAX_SEALED_BYTES, parseEnvelope, type BatchEnvelope } from '../domain/envelope';
-import { transition } from '../domain/state-machine';
-import { acceptsBatches } from '../domain/state-machine';
+import { decideBatch } from '../domain/sequencing';
+import { acceptsBatches, transition } from '../domain/state-machine';
 import { isWireFormatError } from '../domain/wire-format-error';
 import type { DecodedBatch } from '../domain/wire-format';
 import { isDiskStoreError, type ApplyStats } from '../ports/disk-store';
@@ -111,17 +111,16 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
   const disk = found.disks.find((d) => d.diskId === diskId);
   if (!disk) return deadLetter('UnknownDisk', `Batch for ${where}: the VM has no disk '${diskId}' (it has ${found.disks.map((d) => d.diskId).join(', ')}).`, env);
 
-  // Which sequence comes next in the batch's epoch: a new epoch (a resync the appliance started) begins at 1.
-  const applied = env.epoch === disk.epoch ? disk.appliedSequence : 0;
-  if (env.epoch < disk.epoch || env.seq <= applied) {
+  const decision = decideBatch(disk, { epoch: env.epoch, sequence: env.seq });
+  if (decision.action === 'duplicate' || decision.action === 'stale-epoch') {
     await deleteStaged(deps, env);
     return { kind: 'duplicate', vmId, diskId, epoch: env.epoch, sequence: env.seq, appliedSequence: disk.appliedSequence };
   }
-  if (env.seq > applied + 1) {
-    await recordGap(deps, found.vm, disk, env.epoch, applied + 1);
+  if (decision.action === 'gap') {
+    await recordGap(deps, found.vm, disk, env.epoch, decision.expectedSequence);
     return deadLetter(
       'SequenceGap',
-      `Batch for ${where} arrived but sequence ${applied + 1} never did: it was lost or dead-lettered. The disk needs a resync (POST /api/vms/${vmId}/resync).`,
+      `Batch for ${where} arrived but sequence ${decision.expectedSequence} never did: it was lost or dead-lettered. The disk needs a resync (POST /api/vms/${vmId}/resync).`,
       env,
     );
   }
