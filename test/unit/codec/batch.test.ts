@@ -1,4 +1,6 @@
 import { createCipheriv, createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { openBatch, sealBatch, type KeyLookup, type RandomBytes } from '../../../shared/codec/batch';
@@ -489,5 +491,31 @@ describe('sealBatch refuses what the decoder would refuse', () => {
     expect(sealed.readUInt8(132)).toBe(5);
     expect(sealed.subarray(133, 138).toString('ascii')).toBe('disk0');
     expect(sealed.length).toBe(PREFIX_BYTES + sealed.readUInt32LE(64) + 16);
+  });
+});
+
+describe('the test vector in docs/wire-format.md', () => {
+  it('is what sealBatch produces, and it opens', () => {
+    const doc = readFileSync(join(__dirname, '../../../docs/wire-format.md'), 'utf8');
+    const section = doc.slice(doc.indexOf('## Test vector'));
+    const block = section.slice(section.indexOf('```') + 3, section.indexOf('```', section.indexOf('```') + 3));
+    const hex = block
+      .trim()
+      .split('\n')
+      .map((l) => l.slice(6).replace(/ /g, ''))
+      .join('');
+    const expected = Buffer.from(hex, 'hex');
+    expect(expected).toHaveLength(280);
+    const key = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
+    const nonce = Buffer.from(Array.from({ length: 12 }, (_, i) => 0xa0 + i));
+    const sealed = sealBatch(
+      { vmId: 'vm1', diskId: 'disk0', epoch: 1, sequence: 1, capturedAt: 1764147600000, diskSizeBytes: 1048576, initialCoveredBytes: 4096, consistency: { kind: 'crash-consistent', tagId: 1 }, records: [{ kind: 'zero', offset: 0, length: 4096 }] },
+      key,
+      1,
+      () => nonce,
+      { codec: 'none' },
+    );
+    expect(sealed.toString('hex')).toBe(expected.toString('hex'));
+    expect(openBatch(expected, () => key).records).toEqual([{ kind: 'zero', offset: 0, length: 4096 }]);
   });
 });
