@@ -11,7 +11,7 @@
  * - `UNSUPPORTED_VERSION`: a format version this code does not know.
  * - `BAD_FIELD`: a field violates its rule; `field` names it.
  * - `SIZE_LIMIT`: a size exceeds its limit (64 MiB record stream, 131072 records...).
- * - `UNEXPECTED_BATCH`: the batch is for another VM, disk, epoch or sequence than expected.
+ * - `UNEXPECTED_BATCH`: the batch is for another VM, disk, epoch, sequence or disk size than expected.
  * - `UNKNOWN_KEY`: no data key for (vmId, keyId).
  * - `BAD_KEY`: the key lookup failed or returned a key that is not 32 bytes.
  * - `AUTH_FAILED`: AES-GCM authentication failed (wrong key or altered bytes).

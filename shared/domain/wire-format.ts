@@ -408,11 +408,13 @@ export interface BatchExpectation {
   diskId?: string;
   epoch?: number;
   sequence?: number;
+  /** The registered size: a batch may not claim another (its bounds checks rely on it). */
+  diskSizeBytes?: number;
 }
 
 /** Step 4: the caller knows which batch it is waiting for (from the envelope and its state). */
 export function checkExpectation(header: BatchHeader, expect: BatchExpectation): void {
-  for (const field of ['vmId', 'diskId', 'epoch', 'sequence'] as const) {
+  for (const field of ['vmId', 'diskId', 'epoch', 'sequence', 'diskSizeBytes'] as const) {
     const want = expect[field];
     if (want !== undefined && header[field] !== want) {
       throw new WireFormatError(

@@ -338,11 +338,12 @@ describe('openBatch with the wrong key or expectations', () => {
     expectWireError(() => openBatch(sealed, () => Buffer.alloc(16)), 'BAD_KEY', 'key');
   });
 
-  it('fails with UNEXPECTED_BATCH naming the field for another VM, disk, epoch or sequence', () => {
+  it('fails with UNEXPECTED_BATCH naming the field for another VM, disk, epoch, sequence or disk size', () => {
     expectWireError(() => openBatch(sealed, keys, { vmId: 'other' }), 'UNEXPECTED_BATCH', 'vmId');
     expectWireError(() => openBatch(sealed, keys, { diskId: 'disk1' }), 'UNEXPECTED_BATCH', 'diskId');
     expectWireError(() => openBatch(sealed, keys, { epoch: 1 }), 'UNEXPECTED_BATCH', 'epoch');
     expectWireError(() => openBatch(sealed, keys, { sequence: batch.sequence + 1 }), 'UNEXPECTED_BATCH', 'sequence');
+    expectWireError(() => openBatch(sealed, keys, { diskSizeBytes: batch.diskSizeBytes - 512 }), 'UNEXPECTED_BATCH', 'diskSizeBytes');
   });
 
   it('fails authentication when the header is rewritten to move the batch to another disk, VM or position', () => {
