@@ -8,6 +8,7 @@ import { createCipheriv, createDecipheriv, createHash } from 'node:crypto';
 import {
   checkBatch,
   checkExpectation,
+  CODEC_IDS,
   decodeRecordStream,
   DIGEST_BYTES,
   encodePrefix,
@@ -80,6 +81,9 @@ export function sealBatch(batch: Batch, key: Uint8Array, keyId: number, randomBy
   const fields = checkBatch(batch);
   checkKey(key, fields.vmId, keyId);
   const codec = options.codec ?? defaultCodec();
+  if (!Object.prototype.hasOwnProperty.call(CODEC_IDS, codec)) {
+    throw new WireFormatError('BAD_FIELD', 'codec', `codec ${JSON.stringify(codec)} is not one of none, zstd, brotli.`);
+  }
   const stream = encodeRecordStream(batch.records, fields.diskSizeBytes, (size) => scratch('stream', size));
   const digest = createHash('sha256').update(stream).digest();
   const compressed = compress(codec, stream);

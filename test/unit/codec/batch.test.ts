@@ -465,10 +465,11 @@ describe('sealBatch refuses what the decoder would refuse', () => {
     });
   }
 
-  it('rejects a short key, key id 0 and a random source that returns the wrong size', () => {
+  it('rejects a short key, key id 0, a random source that returns the wrong size and an unknown codec', () => {
     expectWireError(() => sealBatch(base, Buffer.alloc(31), 1, rng), 'BAD_KEY', 'key');
     expectWireError(() => sealBatch(base, KEY, 0, rng), 'BAD_FIELD', 'keyId');
     expectWireError(() => sealBatch(base, KEY, 1, () => Buffer.alloc(8)), 'BAD_FIELD', 'nonce');
+    expectWireError(() => sealBatch(base, KEY, 1, rng, { codec: 'lz4' as CodecName }), 'BAD_FIELD', 'codec');
   });
 
   it('writes the documented prefix layout', () => {
