@@ -100,6 +100,31 @@ function errorCondition(e: unknown): { condition: string; description: string } 
   return { condition: 'amqp:internal-error', description: (e as Error).message ?? String(e) };
 }
 
+/**
+ * rhea writes every frame with its own socket.write (one syscall each). Defer the connection's
+ * output to the end of the current tick and cork the socket around it, so all the frames of a
+ * burst (transfers, dispositions, flows) leave in one writev.
+ */
+function coalesceWrites(conn: rhea.Connection): void {
+  const c = conn as unknown as { output(): void; socket?: { cork(): void; uncork(): void } };
+  const output = c.output.bind(c);
+  let scheduled = false;
+  c.output = () => {
+    if (scheduled) return;
+    scheduled = true;
+    process.nextTick(() => {
+      scheduled = false;
+      const socket = c.socket;
+      socket?.cork();
+      try {
+        output();
+      } finally {
+        socket?.uncork();
+      }
+    });
+  };
+}
+
 let consumerIds = 0;
 
 /** A broker sender link attached to an entity (the SDK's receiver). */
@@ -179,6 +204,8 @@ export class Broker {
       treat_modified_as_released: false,
       autoaccept: false,
       credit_window: 0,
+      // Small frames (dispositions, flows) must not wait for Nagle + delayed ACK (~40 ms each).
+      tcp_no_delay: true,
     } as rhea.ContainerOptions);
     this.wire();
   }
@@ -255,6 +282,7 @@ export class Broker {
     c.on('connection_open', (ctx: rhea.EventContext) => {
       this.openConnections.add(ctx.connection);
       this.state(ctx.connection);
+      coalesceWrites(ctx.connection);
     });
     const dropConnection = (ctx: rhea.EventContext): void => {
       this.openConnections.delete(ctx.connection);

@@ -279,18 +279,35 @@ export function parseMessage(buf: Buffer, newId: () => string = randomUUID): Par
   return out;
 }
 
+/**
+ * The properties section with `id` as its message-id (first field), the other fields kept
+ * byte for byte.
+ */
 function encodePropertiesWithId(buf: Buffer, span: SectionSpan | undefined, id: string): Buffer {
-  let fields: unknown[] = [];
+  let count = 0;
+  let rest: Buffer = EMPTY;
   if (span) {
-    const reader = new types.Reader(buf.subarray(span.valueStart, span.end));
-    const list = reader.read();
-    fields = Array.isArray(list.value) ? [...(list.value as unknown[])] : [];
+    const pos = span.valueStart;
+    const code = buf[pos];
+    let first: number;
+    if (code === 0xc0) { count = buf[pos + 2]!; first = pos + 3; }
+    else if (code === 0xd0) { count = buf.readUInt32BE(pos + 5); first = pos + 9; }
+    else if (code === 0x45) { count = 0; first = pos + 1; }
+    else throw new EncodingError(`expected a list in the properties section at byte ${pos}`);
+    if (count > 0) rest = buf.subarray(skipValue(buf, first), span.end);
   }
-  fields[0] = types.wrap_string(id);
-  for (let i = 0; i < fields.length; i++) if (fields[i] === undefined) fields[i] = null;
-  const w = new types.Writer();
-  w.write(types.described(types.wrap_ulong(Section.properties), types.wrap_list(fields)));
-  return Buffer.from(w.toBuffer());
+  const idBytes = Buffer.from(id, 'utf8');
+  const idLen = (idBytes.length > 255 ? 5 : 2) + idBytes.length;
+  const out = Buffer.allocUnsafe(3 + 9 + idLen + rest.length);
+  let p = 0;
+  out[p++] = 0x00; out[p++] = 0x53; out[p++] = Section.properties;
+  out[p++] = 0xd0; out.writeUInt32BE(4 + idLen + rest.length, p); p += 4;
+  out.writeUInt32BE(Math.max(count, 1), p); p += 4;
+  if (idBytes.length > 255) { out[p++] = 0xb1; out.writeUInt32BE(idBytes.length, p); p += 4; }
+  else { out[p++] = 0xa1; out[p++] = idBytes.length; }
+  p += idBytes.copy(out, p);
+  rest.copy(out, p);
+  return out;
 }
 
 /** What the broker adds when it hands a stored message out. */
