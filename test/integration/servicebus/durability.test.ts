@@ -62,6 +62,7 @@ const connectionString = (port: number): string =>
 let dir: string;
 const queue = uniqueName('durable');
 const sessions = uniqueName('durable-s');
+const queue2 = uniqueName('durable-big');
 
 beforeAll(() => {
   ensureBuilt();
@@ -69,6 +70,7 @@ beforeAll(() => {
   writeFileSync(join(dir, 'Config.json'), JSON.stringify(configOf([
     { Name: queue, Properties: { LockDuration: 'PT30S' } },
     { Name: sessions, Properties: { RequiresSession: true } },
+    { Name: queue2 },
   ])));
 });
 
@@ -80,7 +82,7 @@ describe('the emulator process', () => {
   it('keeps every accepted message and loses every completed one across kill -9', async () => {
     const env = { FERRY_SERVICEBUS_PORT: '0', FERRY_SERVICEBUS_CONFIG: join(dir, 'Config.json'), FERRY_SERVICEBUS_DATA: join(dir, 'data') };
     const first = await startProcess(env);
-    expect(first.output()).toMatch(/Service Bus emulator listening on 127\.0\.0\.1:\d+ \(2 queues, data in .*data\)/);
+    expect(first.output()).toMatch(/Service Bus emulator listening on 127\.0\.0\.1:\d+ \(3 queues, data in .*data\)/);
     let client = new ServiceBusClient(connectionString(first.port));
     const sender = client.createSender(queue);
     const n = 60;
@@ -101,6 +103,15 @@ describe('the emulator process', () => {
     const sr = await client.acceptSession(sessions, 'K');
     await sr.setSessionState('state-before-crash');
     const maxSeq = Math.max(...got.map((m) => m.sequenceNumber!.toNumber()));
+    // Large bodies live in the segment log, not in SQLite rows: they must survive too.
+    const bigQueue = client.createSender(queue2);
+    for (let i = 0; i < 6; i++) await bigQueue.sendMessages({ body: Buffer.alloc(100 * 1024, i), messageId: `big${i}` });
+    const bigReceiver = client.createReceiver(queue2);
+    const bigGot = await waitFor(async () => {
+      const r = await bigReceiver.receiveMessages(2, { maxWaitTimeInMs: 500 });
+      return r.length === 2 ? r : undefined;
+    }, 5000, 'two large messages');
+    for (const m of bigGot) await bigReceiver.completeMessage(m);
 
     first.child.kill('SIGKILL');
     await exited(first.child);
@@ -130,6 +141,16 @@ describe('the emulator process', () => {
       }, 5000, 'dead letters');
       expect(dead.map((m) => m.body).sort()).toEqual(deadLettered.map((m) => m.body).sort());
       expect(dead.every((m) => m.deadLetterReason === 'Test')).toBe(true);
+      const bigLeft = await waitFor(async () => {
+        const r = await client.createReceiver(queue2, { receiveMode: 'receiveAndDelete' }).receiveMessages(10, { maxWaitTimeInMs: 1000 });
+        return r.length ? r : undefined;
+      }, 5000, 'large messages');
+      const completedIds = new Set(bigGot.map((m) => m.messageId));
+      expect(bigLeft.map((m) => m.messageId).sort()).toEqual(['big0', 'big1', 'big2', 'big3', 'big4', 'big5'].filter((id) => !completedIds.has(id)));
+      for (const m of bigLeft) {
+        const i = Number(String(m.messageId).slice(3));
+        expect(Buffer.compare(m.body as Buffer, Buffer.alloc(100 * 1024, i))).toBe(0);
+      }
       const again = await client.acceptSession(sessions, 'K');
       expect(await again.getSessionState()).toBe('state-before-crash');
       const [k] = await again.receiveMessages(1, { maxWaitTimeInMs: 2000 });
