@@ -28,7 +28,6 @@ function loadZstd(): ZstdBinding | null {
     try {
       // The low-level binding lets us compress into a reused buffer and decompress into one
       // of exactly the declared size; the high-level API allocates for every call.
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
       zstd = require('zstd-napi/binding') as ZstdBinding;
     } catch {
       zstd = null;
