@@ -192,11 +192,14 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     timers.forEach((t) => t.stop());
     await Promise.allSettled(serviceBus.map((l) => l.stopReceiving()));
     // ...then let what runs finish, bounded.
+    logger.debug({ inFlight: invoker.inFlight }, 'Stopping: no new work taken; waiting for invocations in flight');
     const drained = await invoker.drain(graceMs);
     if (!drained) logger.warn({ inFlight: invoker.inFlight }, `Stopping with ${invoker.inFlight} invocation(s) still running after ${graceMs} ms.`);
     front.closeAll();
     await closed;
+    logger.debug('Stopping: HTTP closed; closing Service Bus receivers');
     await Promise.allSettled(serviceBus.map((l) => l.close()));
+    logger.debug('Stopping: Service Bus closed');
     try {
       await invoker.runHooks('appTerminate', appHookContext(registry, {}));
     } catch (err) {

@@ -31,6 +31,12 @@ import type { Invoker } from '../invoker';
 import { batchTriggerMetadata, messagesToTypedData, messageToTypedData, singleTriggerMetadata } from './convert';
 
 const RECEIVE_WAIT_MS = 60_000;
+
+/** A receive loop, and whether it sits in acceptNextSession (which cannot be interrupted). */
+interface Loop {
+  accepting: boolean;
+  done: Promise<void>;
+}
 const RETRY_DELAY_MS = 1_000;
 
 export class ServiceBusListener {
@@ -48,7 +54,7 @@ export class ServiceBusListener {
   private readonly abort = new AbortController();
   private readonly receivers = new Set<ServiceBusReceiver | ServiceBusSessionReceiver>();
   private subscription: { close(): Promise<void> } | undefined;
-  private readonly loops: Promise<void>[] = [];
+  private readonly loops: Loop[] = [];
 
   constructor(
     private readonly fn: RegisteredFunction,
@@ -86,9 +92,13 @@ export class ServiceBusListener {
   async start(): Promise<void> {
     this.client = new ServiceBusClient(this.connectionString);
     if (this.sessions) {
-      for (let i = 0; i < this.options.maxConcurrentSessions; i++) this.loops.push(this.sessionLoop());
+      for (let i = 0; i < this.options.maxConcurrentSessions; i++) {
+        const loop: Loop = { accepting: false, done: Promise.resolve() };
+        loop.done = this.sessionLoop(loop);
+        this.loops.push(loop);
+      }
     } else if (this.many) {
-      this.loops.push(this.batchLoop(this.createReceiver()));
+      this.loops.push({ accepting: false, done: this.batchLoop(this.createReceiver()) });
     } else {
       const receiver = this.createReceiver();
       this.subscription = receiver.subscribe(
@@ -112,9 +122,11 @@ export class ServiceBusListener {
 
   async close(): Promise<void> {
     this.abort.abort();
-    await Promise.allSettled(this.loops);
     await Promise.allSettled([...this.receivers].map((r) => r.close()));
     await this.client?.close().catch(() => undefined);
+    // Neither the abort nor the closed connection settles a pending acceptNextSession before
+    // its own timeout (a minute); such a loop has nothing left to do, so it is not awaited.
+    await Promise.allSettled(this.loops.filter((l) => !l.accepting).map((l) => l.done));
   }
 
   private receiverOptions(): { receiveMode: 'peekLock'; maxAutoLockRenewalDurationInMs: number; skipParsingBodyAsJson: true } {
@@ -144,13 +156,14 @@ export class ServiceBusListener {
     }
   }
 
-  private async sessionLoop(): Promise<void> {
+  private async sessionLoop(loop: Loop): Promise<void> {
     const signal = this.abort.signal;
     const client = this.client as ServiceBusClient;
     while (!signal.aborted) {
       let session: ServiceBusSessionReceiver;
       try {
         const opts = { ...this.receiverOptions(), abortSignal: signal };
+        loop.accepting = true;
         session = this.queueName
           ? await client.acceptNextSession(this.queueName, opts)
           : await client.acceptNextSession(this.topicName as string, this.subscriptionName as string, opts);
@@ -161,6 +174,12 @@ export class ServiceBusListener {
         this.log.warn({ err }, 'acceptNextSession failed; retrying');
         await delay(RETRY_DELAY_MS, signal);
         continue;
+      } finally {
+        loop.accepting = false;
+      }
+      if (signal.aborted) {
+        await session.close().catch(() => undefined);
+        break;
       }
       this.receivers.add(session);
       const log = this.log.child({ sessionId: session.sessionId });

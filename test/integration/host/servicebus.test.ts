@@ -245,4 +245,22 @@ describe('Service Bus graceful stop', () => {
     expect(events('sbSession').some((e) => e.sessionId === sessionId && e.phase === 'end')).toBe(true);
     expect(await queueIsEmpty(Q.session)).toBe(true);
   });
+
+  it('stops promptly while its session receivers wait for a session', async () => {
+    const idle = await startTestHost({
+      mainFiles: 'servicebus/*.js',
+      settings: {
+        ServiceBusConnection: emulator.connectionString,
+        SB_SINGLE_QUEUE: Q.single,
+        SB_FAIL_QUEUE: Q.fail,
+        SB_SESSION_QUEUE: Q.session,
+        SB_MANY_QUEUE: Q.many,
+        SB_BINARY_QUEUE: Q.binary,
+      },
+    });
+    // acceptNextSession is pending from the start (no session has messages).
+    const started = Date.now();
+    await idle.host.stop({ graceMs: 10_000 });
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
 });
