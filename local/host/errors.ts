@@ -10,6 +10,7 @@ export type HostErrorCode =
   | 'InvalidHostJson'
   | 'MissingSetting'
   | 'UnsupportedTrigger'
+  | 'PortInUse'
   | 'NotFound'
   | 'MethodNotAllowed'
   | 'Unauthorized'

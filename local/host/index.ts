@@ -112,6 +112,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
   const timers: TimerListener[] = [];
   const serviceBus: ServiceBusListener[] = [];
   const infos: FunctionInfo[] = [];
+  let front: HttpFrontEnd;
   try {
     if (app.capabilities.HttpUri) logger.info(`HTTP streaming enabled by the app (library proxy at ${app.capabilities.HttpUri})`);
     for (const fn of registry.functions) {
@@ -157,27 +158,30 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     }
     if (registry.functions.length === 0) logger.warn(`No job functions found in ${app.files.join(', ')}; the files loaded but registered nothing.`);
 
+    front = new HttpFrontEnd(http, {
+      routePrefix: hostJson.routePrefix,
+      streamUri: app.capabilities.HttpUri,
+      functionKey: options.functionKey,
+      adminKey: options.adminKey ?? options.functionKey,
+      maxBodyBytes: options.maxRequestBodyBytes ?? maxBodyFromEnv() ?? DEFAULT_MAX_BODY,
+      invoker,
+      logger,
+    });
     await invoker.runHooks('appStart', appHookContext(registry, { functionAppDirectory: options.appRoot }));
   } catch (err) {
     cleanup();
     throw err;
   }
 
-  const front = new HttpFrontEnd(http, {
-    routePrefix: hostJson.routePrefix,
-    streamUri: app.capabilities.HttpUri,
-    functionKey: options.functionKey,
-    adminKey: options.adminKey ?? options.functionKey,
-    maxBodyBytes: options.maxRequestBodyBytes ?? maxBodyFromEnv() ?? DEFAULT_MAX_BODY,
-    invoker,
-    logger,
-  });
   let port: number;
   try {
     port = await front.listen(options.port ?? 7071, options.host ?? '127.0.0.1');
     for (const t of timers) t.start();
     await Promise.all(serviceBus.map((l) => l.start()));
   } catch (err) {
+    if ((err as NodeJS.ErrnoException)?.code === 'EADDRINUSE') {
+      err = new HostError('PortInUse', `Port ${options.port ?? 7071} is in use; stop what listens there or set FERRY_HOST_PORT (port option) to another port.`, 500, { cause: err });
+    }
     timers.forEach((t) => t.stop());
     await Promise.allSettled(serviceBus.map((l) => l.close()));
     await front.stopAccepting().catch(() => undefined);

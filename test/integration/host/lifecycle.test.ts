@@ -66,6 +66,31 @@ describe('graceful stop', () => {
   });
 });
 
+describe('start failures', () => {
+  it('names a port in use and leaves process.env as it was', async () => {
+    const first = await startTestHost();
+    try {
+      await expect(startTestHost({ port: first.host.port, settings: { FERRY_HOST_TEST_SETTING: 'x' } })).rejects.toThrow(
+        `Port ${first.host.port} is in use; stop what listens there or set FERRY_HOST_PORT (port option) to another port.`,
+      );
+      expect(process.env.FERRY_HOST_TEST_SETTING).toBeUndefined();
+    } finally {
+      await first.host.stop();
+    }
+  });
+
+  it('says when package.json main matches no file', async () => {
+    await expect(startTestHost({ main: 'dist/nothing-here/*.js' })).rejects.toThrow(/Found zero files matching package.json "main" dist\/nothing-here\/\*\.js under .*; build the app first \(npm run build\)\./);
+  });
+
+  it('exports app settings into process.env while running, and removes them at stop', async () => {
+    const { host } = await startTestHost({ settings: { FERRY_HOST_TEST_SETTING: 'on' } });
+    expect(process.env.FERRY_HOST_TEST_SETTING).toBe('on');
+    await host.stop();
+    expect(process.env.FERRY_HOST_TEST_SETTING).toBeUndefined();
+  });
+});
+
 describe('functionTimeout', () => {
   it('fails an invocation that runs past host.json functionTimeout', async () => {
     const { host, log } = await startTestHost({ appRoot: join(APP_ROOT, 'timeout-app') });
