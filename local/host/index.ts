@@ -51,9 +51,9 @@ export interface FunctionInfo {
   methods?: string[];
   route?: string;
   authLevel?: string;
-  /** timerTrigger: the schedule; serviceBusTrigger: the queue. */
+  /** timerTrigger: the schedule; serviceBusTrigger: the queue, or `topic/Subscriptions/sub`. */
   schedule?: string;
-  queueName?: string;
+  entityPath?: string;
 }
 
 export interface FunctionsHost {
@@ -148,7 +148,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
         case 'servicebustrigger': {
           const l = new ServiceBusListener(fn, triggerName, binding, options.settings, hostJson.serviceBus, invoker, logger);
           serviceBus.push(l);
-          infos.push({ name, trigger: type, queueName: l.entityPath });
+          infos.push({ name, trigger: type, entityPath: l.entityPath });
           break;
         }
         default:

@@ -34,7 +34,7 @@ async function main(): Promise<void> {
     const detail =
       f.trigger.toLowerCase() === 'httptrigger'
         ? `[${(f.methods ?? ['*']).join(',')}] ${host.url}${f.route}`
-        : f.schedule ?? f.queueName ?? '';
+        : f.schedule ?? f.entityPath ?? '';
     logger.info(`${f.name}: ${f.trigger} ${detail}`.trimEnd());
   }
 

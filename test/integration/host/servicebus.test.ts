@@ -17,6 +17,7 @@ const Q = {
   session: `host-session-${suffix}`,
   many: `host-many-${suffix}`,
   binary: `host-binary-${suffix}`,
+  topic: `host-topic-${suffix}`,
 };
 const props = (requiresSession = false) => ({
   RequiresSession: requiresSession,
@@ -53,7 +54,7 @@ beforeAll(async () => {
               { Name: Q.many, Properties: props() },
               { Name: Q.binary, Properties: props() },
             ],
-            Topics: [],
+            Topics: [{ Name: Q.topic, Properties: {}, Subscriptions: [{ Name: 'host-sub', Properties: { LockDuration: 'PT5S', MaxDeliveryCount: 3 } }] }],
           },
         ],
       },
@@ -69,6 +70,7 @@ beforeAll(async () => {
       SB_SESSION_QUEUE: Q.session,
       SB_MANY_QUEUE: Q.many,
       SB_BINARY_QUEUE: Q.binary,
+      SB_TOPIC: Q.topic,
     },
   });
 });
@@ -100,7 +102,7 @@ async function queueIsEmpty(queue: string): Promise<boolean> {
 
 describe('Service Bus queue trigger', () => {
   it('lists the Service Bus functions with their queues', () => {
-    expect(t.host.functions).toEqual(expect.arrayContaining([{ name: 'sbSingle', trigger: 'serviceBusTrigger', queueName: Q.single }]));
+    expect(t.host.functions).toEqual(expect.arrayContaining([{ name: 'sbSingle', trigger: 'serviceBusTrigger', entityPath: Q.single }]));
   });
 
   it('passes a JSON body as an object with the trigger metadata, and completes the message', async () => {
@@ -169,6 +171,16 @@ describe('Service Bus queue trigger', () => {
     await send(Q.binary, { body: Buffer.from([0, 1, 2, 255]) });
     const ev = await waitFor(() => events('sbBinary')[0], 'the binary invocation');
     expect(ev).toMatchObject({ isBuffer: true, hex: '000102ff' });
+  });
+});
+
+describe('Service Bus topic subscription trigger', () => {
+  it('receives from the subscription', async () => {
+    const id = `tp-${randomBytes(4).toString('hex')}`;
+    await send(Q.topic, { body: { via: 'topic' }, messageId: id });
+    const ev = await waitFor(() => events('sbTopic').find((e) => e.messageId === id), 'the topic invocation');
+    expect(ev.message).toEqual({ via: 'topic' });
+    expect(t.host.functions).toEqual(expect.arrayContaining([{ name: 'sbTopic', trigger: 'serviceBusTrigger', entityPath: `${Q.topic}/Subscriptions/host-sub` }]));
   });
 });
 
@@ -256,6 +268,7 @@ describe('Service Bus graceful stop', () => {
         SB_SESSION_QUEUE: Q.session,
         SB_MANY_QUEUE: Q.many,
         SB_BINARY_QUEUE: Q.binary,
+        SB_TOPIC: Q.topic,
       },
     });
     // acceptNextSession is pending from the start (no session has messages).
