@@ -120,10 +120,11 @@ describe('process entry (dist/local/host/main.js)', () => {
     const lines: string[] = [];
     createInterface({ input: child.stdout }).on('line', (l) => lines.push(l));
     createInterface({ input: child.stderr }).on('line', (l) => lines.push(l));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // 'close', not 'exit': by then every line of output has been read.
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     try {
       await waitFor(() => lines.some((l) => l.includes(`Functions host listening on http://127.0.0.1:${port}/api`)), 'the ready line', { timeoutMs: 30_000 });
-      expect(lines.some((l) => l.includes(`itemById: httpTrigger [GET] http://127.0.0.1:${port}/api/items/{id:int}`))).toBe(true);
+      await waitFor(() => lines.some((l) => l.includes(`itemById: httpTrigger [GET] http://127.0.0.1:${port}/api/items/{id:int}`)), 'the line for itemById');
       const r = await freshGet(`http://127.0.0.1:${port}/api/auth/function?code=${FUNCTION_KEY}`);
       expect(r.status).toBe(200);
       child.kill('SIGTERM');
