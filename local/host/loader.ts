@@ -56,13 +56,25 @@ export async function loadApp(appRoot: string, options: LoadOptions): Promise<Lo
   if (files.length === 0) throw HostError.noEntryPoint(root, main);
 
   const registry = new AppRegistry((level, message) => options.systemLog(level, message));
-  const before = new Set(Object.keys(require.cache));
   const appRequire = createRequire(pkgFile);
-  // A fresh copy of @azure/functions per app: the library keeps the core API it saw first (and
-  // whether setup is locked) in module state.
-  forget(appRequire, '@azure/functions');
+  let loaded: string[] = [];
 
   await withCoreApi(registry.createCoreApi(), async () => {
+    // Every app module runs afresh for each host, even while another host of the same app is
+    // alive in this process: a cached module would not register its functions again. That
+    // includes @azure/functions, which keeps the core API it saw first in module state.
+    for (const k of appModules) delete require.cache[k];
+    forget(appRequire, '@azure/functions');
+    const before = new Set(Object.keys(require.cache));
+    try {
+      await loadFiles();
+    } finally {
+      loaded = Object.keys(require.cache).filter((k) => !before.has(k));
+      for (const k of loaded) appModules.add(k);
+    }
+  });
+
+  async function loadFiles(): Promise<void> {
     for (const file of files) {
       const path = isAbsolute(file) ? file : join(root, file);
       options.systemLog('debug', `Loading entry point file "${file}"`);
@@ -77,7 +89,7 @@ export async function loadApp(appRoot: string, options: LoadOptions): Promise<Lo
         options.systemLog('error', `Worker was unable to load entry point "${file}": ${(err as Error)?.message ?? String(err)}`, err);
       }
     }
-  });
+  }
 
   let capabilities: Record<string, string> = { ...WORKER_CAPABILITIES };
   const model = registry.programmingModel;
@@ -86,7 +98,6 @@ export async function loadApp(appRoot: string, options: LoadOptions): Promise<Lo
   }
   registry.startupDone = true;
 
-  const loaded = Object.keys(require.cache).filter((k) => !before.has(k));
   return {
     registry,
     files,
@@ -96,6 +107,9 @@ export async function loadApp(appRoot: string, options: LoadOptions): Promise<Lo
     },
   };
 }
+
+/** Modules some app load brought in: dropped from the cache before every load. */
+const appModules = new Set<string>();
 
 function forget(req: NodeJS.Require, id: string): void {
   try {

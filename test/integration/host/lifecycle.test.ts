@@ -91,6 +91,35 @@ describe('start failures', () => {
   });
 });
 
+describe('several hosts in one process', () => {
+  it('keeps each app to its own registrations when they load at the same time', async () => {
+    const [a, b] = await Promise.all([startTestHost({ mainFiles: 'functions/http.js' }), startTestHost({ mainFiles: 'stream/*.js' })]);
+    try {
+      const namesA = a.host.functions.map((f) => f.name);
+      const namesB = b.host.functions.map((f) => f.name);
+      expect(namesA).toContain('itemById');
+      expect(namesA).not.toContain('streamEcho');
+      expect(namesB).toEqual(['streamEcho', 'streamHash', 'streamFails']);
+      expect((await freshGet(`${a.api}/items/5`)).status).toBe(200);
+      expect((await freshGet(`${b.api}/items/5`)).status).toBe(404);
+    } finally {
+      await Promise.all([a.host.stop(), b.host.stop()]);
+    }
+  });
+
+  it('loads the same app twice while the first host is alive', async () => {
+    const a = await startTestHost({ mainFiles: 'functions/http.js' });
+    const b = await startTestHost({ mainFiles: 'functions/http.js' });
+    try {
+      expect(b.host.functions.map((f) => f.name)).toEqual(a.host.functions.map((f) => f.name));
+      expect((await freshGet(`${b.api}/items/5`)).status).toBe(200);
+      expect((await freshGet(`${a.api}/items/5`)).status).toBe(200);
+    } finally {
+      await Promise.all([a.host.stop(), b.host.stop()]);
+    }
+  });
+});
+
 describe('functionTimeout', () => {
   it('fails an invocation that runs past host.json functionTimeout', async () => {
     const { host, log } = await startTestHost({ appRoot: join(APP_ROOT, 'timeout-app') });
