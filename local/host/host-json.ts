@@ -3,7 +3,7 @@
  * Service Bus extension settings, with Azure's defaults
  * (https://learn.microsoft.com/azure/azure-functions/functions-bindings-service-bus#hostjson-settings).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { HostError } from './errors';
@@ -58,6 +58,7 @@ function span(value: unknown, fallbackMs: number, name: string): number {
 
 export function readHostJson(appRoot: string): HostJson {
   const file = join(appRoot, 'host.json');
+  if (!existsSync(file)) throw HostError.appNotFound(appRoot, 'host.json');
   let parsed: {
     functionTimeout?: unknown;
     extensions?: { http?: { routePrefix?: unknown }; serviceBus?: Record<string, unknown> };

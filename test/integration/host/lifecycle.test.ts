@@ -79,6 +79,10 @@ describe('start failures', () => {
     }
   });
 
+  it('says when the app root is not a function app', async () => {
+    await expect(startTestHost({ appRoot: join(APP_ROOT, 'lib') })).rejects.toThrow(`No host.json in the app root ${join(APP_ROOT, 'lib')}; point FERRY_APP_ROOT (or appRoot) at a function app directory.`);
+  });
+
   it('says when package.json main matches no file', async () => {
     await expect(startTestHost({ main: 'dist/nothing-here/*.js' })).rejects.toThrow(/Found zero files matching package.json "main" dist\/nothing-here\/\*\.js under .*; build the app first \(npm run build\)\./);
   });
