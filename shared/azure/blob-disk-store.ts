@@ -1,5 +1,5 @@
 /**
- * DiskStore over Azure block blobs (layout in shared/domain/disk-layout.ts, docs/disk-layout.md).
+ * DiskStore over Azure block blobs (layout and block ids: shared/domain/extents.ts).
  *
  * Blocks are content-addressed: a block's id is derived from the SHA-256 of its bytes. So
  * - staging the same extent twice (a redelivered batch, a retry after a crash) stages the same
@@ -16,41 +16,27 @@
  * disk therefore costs nothing until data arrives, and creating a disk writes one small
  * manifest blob.
  */
-import { createHash } from 'node:crypto';
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
+import { isDomainError } from '../domain/domain-error';
 import {
   EXTENT_BYTES,
+  EXTENTS_PER_SEGMENT,
   SEGMENT_BYTES,
-  SEGMENT_EXTENTS,
-  diskPrefix,
-  extentAt,
-  extentsTouched,
+  composeExtent,
+  contentBlockId,
+  diskBlobPrefix,
+  planExtentWrites,
   segmentBlobName,
-  segmentExtents,
-  type Extent,
-} from '../domain/disk-layout';
+  segmentInfo,
+  zeroBlockId,
+  type ExtentWrite,
+} from '../domain/extents';
 import type { BatchRecord } from '../domain/wire-format';
 import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
 
 const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
 const STAGE_CONCURRENCY = 4;
-
-/** A block id: base64 of 32 hex digits of the content's SHA-256 (all ids the same length, as Azure requires). */
-export function contentBlockId(content: Uint8Array): string {
-  const hex = createHash('sha256').update(content).digest('hex').slice(0, 32);
-  return Buffer.from(hex, 'ascii').toString('base64');
-}
-
-const zeroIds = new Map<number, string>();
-function zeroBlockId(length: number): string {
-  let id = zeroIds.get(length);
-  if (!id) {
-    id = contentBlockId(Buffer.alloc(length));
-    zeroIds.set(length, id);
-  }
-  return id;
-}
 
 function statusOf(err: unknown): number | undefined {
   const s = (err as { statusCode?: unknown })?.statusCode;
@@ -67,17 +53,12 @@ function wrap(err: unknown, what: string): DiskStoreError {
   return new DiskStoreError('STORAGE_UNAVAILABLE', `${what}: storage failed (${status ?? 'no status'}: ${detail}); retry.`, true, { cause: err });
 }
 
-interface PlannedExtent {
-  extent: Extent;
-  records: BatchRecord[];
-}
-
 export class BlobDiskStore implements DiskStore {
   constructor(private readonly container: ContainerClient) {}
 
   async create(disk: DiskRef, sizeBytes: number): Promise<void> {
-    const manifest = this.container.getBlockBlobClient(`${diskPrefix(disk.vmId, disk.diskId)}disk.json`);
-    const body = JSON.stringify({ layoutVersion: LAYOUT_VERSION, sizeBytes, extentBytes: EXTENT_BYTES, segmentExtents: SEGMENT_EXTENTS });
+    const manifest = this.container.getBlockBlobClient(`${diskBlobPrefix(disk.vmId, disk.diskId)}disk.json`);
+    const body = JSON.stringify({ layoutVersion: LAYOUT_VERSION, sizeBytes, extentBytes: EXTENT_BYTES, segmentExtents: EXTENTS_PER_SEGMENT });
     try {
       await this.container.createIfNotExists();
       await manifest.upload(body, Buffer.byteLength(body), {
@@ -92,41 +73,48 @@ export class BlobDiskStore implements DiskStore {
 
   async apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats> {
     const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
-    const bySegment = planBySegment(records, sizeBytes);
-    for (const [segment, planned] of bySegment) {
-      await this.applySegment(disk, sizeBytes, segment, planned, stats);
+    let writes: ExtentWrite[];
+    try {
+      writes = planExtentWrites(records, sizeBytes);
+    } catch (err) {
+      if (isDomainError(err)) throw new DiskStoreError('OUT_OF_BOUNDS', `Records do not fit the ${sizeBytes}-byte disk ${disk.vmId}/${disk.diskId}: ${err.message}`, false);
+      throw err;
     }
+    const bySegment = new Map<number, ExtentWrite[]>();
+    for (const w of writes) bySegment.set(w.segment, [...(bySegment.get(w.segment) ?? []), w]);
+    for (const [segment, segmentWrites] of bySegment) await this.applySegment(disk, sizeBytes, segment, segmentWrites, stats);
     return stats;
   }
 
-  private async applySegment(disk: DiskRef, sizeBytes: number, segment: number, planned: PlannedExtent[], stats: ApplyStats): Promise<void> {
+  private async applySegment(disk: DiskRef, sizeBytes: number, segment: number, writes: ExtentWrite[], stats: ApplyStats): Promise<void> {
     const blob = this.container.getBlockBlobClient(segmentBlobName(disk.vmId, disk.diskId, segment));
     const what = `applying to ${disk.vmId}/${disk.diskId} segment ${segment}`;
-    const extents = segmentExtents(segment, sizeBytes);
+    const info = segmentInfo(segment, sizeBytes);
+    const lengths = Array.from({ length: info.extentCount }, (_, i) => Math.min(EXTENT_BYTES, sizeBytes - (info.firstExtent + i) * EXTENT_BYTES));
     let ids: string[];
     let etag: string | undefined;
     try {
       const list = await blob.getBlockList('committed');
       etag = list.etag;
-      ids = (list.committedBlocks ?? []).map((b) => b.name);
-      const sizes = (list.committedBlocks ?? []).map((b) => b.size);
-      if (ids.length !== extents.length || extents.some((e, i) => sizes[i] !== e.length)) {
-        throw new DiskStoreError('STORAGE_UNAVAILABLE', `${what}: the segment has ${ids.length} blocks, expected ${extents.length} extents; it was not written by Ferry's layout ${LAYOUT_VERSION}.`, false);
+      const blocks = list.committedBlocks ?? [];
+      if (blocks.length !== lengths.length || blocks.some((b, i) => b.size !== lengths[i])) {
+        throw new DiskStoreError('STORAGE_UNAVAILABLE', `${what}: the segment has ${blocks.length} blocks, expected ${lengths.length} extents; it was not written by Ferry's layout ${LAYOUT_VERSION}.`, false);
       }
+      ids = blocks.map((b) => b.name);
     } catch (err) {
       if (statusOf(err) !== 404) throw wrap(err, what);
-      ids = extents.map((e) => zeroBlockId(e.length));
+      ids = lengths.map((len) => zeroBlockId(len)); // a segment never written reads as zeros
       etag = undefined;
     }
 
     const staged = new Set<string>();
     const toStage: { id: string; data: Buffer }[] = [];
-    for (const { extent, records } of planned) {
-      const currentId = ids[extent.slot] ?? zeroBlockId(extent.length);
-      const content = await this.extentContent(blob, extent, currentId, records, stats, what);
-      const id = contentBlockId(content);
+    for (const w of writes) {
+      const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
+      const content = await this.extentContent(blob, w, currentId, stats, what);
+      const id = w.allZero ? zeroBlockId(w.extentLength) : contentBlockId(content);
       if (id === currentId) continue; // unchanged: a redelivered batch lands here
-      ids[extent.slot] = id;
+      ids[w.blockIndex] = id;
       if (!staged.has(id)) {
         staged.add(id);
         toStage.push({ id, data: content });
@@ -134,13 +122,13 @@ export class BlobDiskStore implements DiskStore {
     }
     if (etag === undefined) {
       // New segment: its untouched extents refer to the zero block(s), which must be staged too.
-      for (const e of extents) {
-        const zid = zeroBlockId(e.length);
-        if (ids[e.slot] === zid && !staged.has(zid)) {
+      lengths.forEach((len, i) => {
+        const zid = zeroBlockId(len);
+        if (ids[i] === zid && !staged.has(zid)) {
           staged.add(zid);
-          toStage.push({ id: zid, data: Buffer.alloc(e.length) });
+          toStage.push({ id: zid, data: Buffer.alloc(len) });
         }
-      }
+      });
     }
     if (toStage.length === 0) return;
 
@@ -161,27 +149,19 @@ export class BlobDiskStore implements DiskStore {
     stats.segmentsCommitted++;
   }
 
-  /** The extent's new bytes: its records laid over its current content (read only when needed). */
-  private async extentContent(blob: BlockBlobClient, extent: Extent, currentId: string, records: BatchRecord[], stats: ApplyStats, what: string): Promise<Buffer> {
-    let buf: Buffer;
-    if (coversWhole(extent, records) || currentId === zeroBlockId(extent.length)) {
-      buf = Buffer.alloc(extent.length);
-    } else {
-      try {
-        buf = await blob.downloadToBuffer(extent.slot * EXTENT_BYTES, extent.length);
-      } catch (err) {
-        throw wrap(err, what);
-      }
-      stats.extentsRead++;
-      stats.bytesDownloaded += extent.length;
+  /** The extent's new bytes: the write laid over its current content (read only when needed). */
+  private async extentContent(blob: BlockBlobClient, w: ExtentWrite, currentId: string, stats: ApplyStats, what: string): Promise<Buffer> {
+    if (w.allZero) return Buffer.alloc(w.extentLength);
+    if (w.full || currentId === zeroBlockId(w.extentLength)) return composeExtent(w, null);
+    let previous: Buffer;
+    try {
+      previous = await blob.downloadToBuffer(w.blockIndex * EXTENT_BYTES, w.extentLength);
+    } catch (err) {
+      throw wrap(err, what);
     }
-    for (const r of records) {
-      const start = Math.max(r.offset, extent.offset);
-      const end = Math.min(r.offset + recordLen(r), extent.offset + extent.length);
-      if (r.kind === 'zero') buf.fill(0, start - extent.offset, end - extent.offset);
-      else buf.set(r.data.subarray(start - r.offset, end - r.offset), start - extent.offset);
-    }
-    return buf;
+    stats.extentsRead++;
+    stats.bytesDownloaded += w.extentLength;
+    return composeExtent(w, previous);
   }
 
   async read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer> {
@@ -191,11 +171,10 @@ export class BlobDiskStore implements DiskStore {
     const out = Buffer.alloc(length);
     let pos = offset;
     while (pos < offset + length) {
-      const ext = extentAt(Math.floor(pos / EXTENT_BYTES), sizeBytes);
-      const segStart = ext.segment * SEGMENT_BYTES;
-      const segEnd = Math.min(segStart + SEGMENT_BYTES, sizeBytes);
-      const end = Math.min(offset + length, segEnd);
-      const blob = this.container.getBlockBlobClient(segmentBlobName(disk.vmId, disk.diskId, ext.segment));
+      const segment = Math.floor(pos / SEGMENT_BYTES);
+      const segStart = segment * SEGMENT_BYTES;
+      const end = Math.min(offset + length, segStart + SEGMENT_BYTES, sizeBytes);
+      const blob = this.container.getBlockBlobClient(segmentBlobName(disk.vmId, disk.diskId, segment));
       try {
         const part = await blob.downloadToBuffer(pos - segStart, end - pos);
         part.copy(out, pos - offset);
@@ -210,7 +189,7 @@ export class BlobDiskStore implements DiskStore {
 
   async delete(disk: DiskRef): Promise<void> {
     try {
-      for await (const item of this.container.listBlobsFlat({ prefix: diskPrefix(disk.vmId, disk.diskId) })) {
+      for await (const item of this.container.listBlobsFlat({ prefix: diskBlobPrefix(disk.vmId, disk.diskId) })) {
         await this.container.deleteBlob(item.name, { deleteSnapshots: 'include' }).catch((err: unknown) => {
           if (statusOf(err) !== 404) throw err;
         });
@@ -220,45 +199,6 @@ export class BlobDiskStore implements DiskStore {
       throw wrap(err, `deleting ${disk.vmId}/${disk.diskId}`);
     }
   }
-}
-
-function recordLen(r: BatchRecord): number {
-  return r.kind === 'zero' ? r.length : r.data.length;
-}
-
-/** Groups records by the extents they touch, segment by segment, in disk order. */
-export function planBySegment(records: readonly BatchRecord[], sizeBytes: number): Map<number, PlannedExtent[]> {
-  const byExtent = new Map<number, PlannedExtent>();
-  for (const r of records) {
-    const len = recordLen(r);
-    if (r.offset < 0 || len <= 0 || r.offset + len > sizeBytes) {
-      throw new DiskStoreError('OUT_OF_BOUNDS', `A record of ${len} bytes at ${r.offset} is outside the ${sizeBytes}-byte disk.`, false);
-    }
-    const { first, last } = extentsTouched(r.offset, len);
-    for (let i = first; i <= last; i++) {
-      let p = byExtent.get(i);
-      if (!p) byExtent.set(i, (p = { extent: extentAt(i, sizeBytes), records: [] }));
-      p.records.push(r);
-    }
-  }
-  const bySegment = new Map<number, PlannedExtent[]>();
-  for (const p of [...byExtent.values()].sort((a, b) => a.extent.index - b.extent.index)) {
-    const list = bySegment.get(p.extent.segment) ?? [];
-    list.push(p);
-    bySegment.set(p.extent.segment, list);
-  }
-  return bySegment;
-}
-
-/** True when the records (non-overlapping) together cover every byte of the extent. */
-function coversWhole(extent: Extent, records: BatchRecord[]): boolean {
-  let covered = 0;
-  for (const r of records) {
-    const start = Math.max(r.offset, extent.offset);
-    const end = Math.min(r.offset + recordLen(r), extent.offset + extent.length);
-    if (end > start) covered += end - start;
-  }
-  return covered >= extent.length;
 }
 
 async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobDiskStore } from '../../../shared/azure/blob-disk-store';
-import { EXTENT_BYTES, SEGMENT_BYTES } from '../../../shared/domain/disk-layout';
+import { EXTENT_BYTES, SEGMENT_BYTES } from '../../../shared/domain/extents';
 import { isDiskStoreError } from '../../../shared/ports/disk-store';
 import { startAzurite, type TestAzurite } from '../../support/azurite';
 import { applyToModel, randomRecords, rng } from '../../support/batches';
