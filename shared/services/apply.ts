@@ -74,19 +74,8 @@ function deadLetter(reason: DeadLetterReason, description: string, env?: { vmId:
   return { kind: 'dead-letter', reason, description, ...(env ? { vmId: env.vmId, diskId: env.diskId } : {}) };
 }
 
-/** A message body as the trigger hands it over: parsed JSON, a JSON string, or bytes. */
-function normalizeBody(body: unknown): unknown {
-  const text = Buffer.isBuffer(body) || body instanceof Uint8Array ? Buffer.from(body).toString('utf8') : body;
-  if (typeof text !== 'string') return text;
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return text;
-  }
-}
-
-export async function applyBatchMessage(deps: ApplyDeps, rawBody: unknown): Promise<ApplyOutcome> {
-  const body = normalizeBody(rawBody);
+/** `body`: the message body as the trigger hands it over (parsed JSON, JSON text or bytes). */
+export async function applyBatchMessage(deps: ApplyDeps, body: unknown): Promise<ApplyOutcome> {
   let env: BatchEnvelope;
   try {
     env = parseEnvelope(body);
@@ -246,6 +235,14 @@ async function deleteStaged(deps: ApplyDeps, env: BatchEnvelope): Promise<void> 
 
 /** The vmId of an unparseable message, when it names a plausible one (for its health). */
 function vmIdOf(body: unknown): string | undefined {
-  const v = (body as { vmId?: unknown } | null)?.vmId;
+  let obj = body;
+  if (typeof body === 'string' || body instanceof Uint8Array) {
+    try {
+      obj = JSON.parse(Buffer.from(body).toString('utf8')) as unknown;
+    } catch {
+      return undefined;
+    }
+  }
+  const v = (obj as { vmId?: unknown } | null)?.vmId;
   return typeof v === 'string' && /^[a-z0-9][a-z0-9-]{0,62}$/.test(v) ? v : undefined;
 }
