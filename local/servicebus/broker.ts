@@ -497,11 +497,20 @@ export class Broker {
     }
   }
 
+  /**
+   * Tops up a sender link's credit. Near MaxSizeInMegabytes the window shrinks to what still
+   * fits (at worst one message over), and a full entity grants none until consumers free space.
+   */
   private grantCredit(receiver: rhea.Receiver, role: Extract<IncomingRole, { kind: 'send' }>): void {
     if (!receiver.is_open() && !receiver.is_remote_open()) return;
-    if (role.targets.some((t) => t.isFull())) return;
+    let target = SENDER_CREDIT_WINDOW;
+    for (const t of role.targets) {
+      if (t.isFull()) return;
+      const fits = Math.floor((t.settings.maxSizeBytes - t.sizeBytes) / role.maxBytes);
+      target = Math.min(target, Math.max(1, fits));
+    }
     const current = credit(receiver);
-    if (current < SENDER_CREDIT_WINDOW / 2) receiver.add_credit(SENDER_CREDIT_WINDOW - current);
+    if (current < (target === SENDER_CREDIT_WINDOW ? target / 2 : target)) receiver.add_credit(target - current);
   }
 
   // ---- sending ----

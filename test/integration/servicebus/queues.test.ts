@@ -23,6 +23,7 @@ const q = {
   sub: uniqueName('subscribe'),
   compete: uniqueName('compete'),
   mgmt: uniqueName('mgmt'),
+  drain: uniqueName('drain'),
 };
 
 let h: Harness;
@@ -45,6 +46,7 @@ beforeAll(async () => {
     { Name: q.sub },
     { Name: q.compete },
     { Name: q.mgmt },
+    { Name: q.drain },
   ]));
 });
 
@@ -243,6 +245,19 @@ describe('receiving and settling', () => {
     expect(again.map((m) => m.body)).toEqual([1, 2, 3, 4]);
     await receiver.close();
     await sender.close();
+  });
+
+  it('answers the drain that ends receiveMessages(), so the SDK keeps its link', async () => {
+    // Unanswered, the SDK waits 200 ms more, then closes the link and falls back to $management.
+    const receiver = h.client.createReceiver(q.drain);
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t = Date.now();
+      expect(await receiver.receiveMessages(5, { maxWaitTimeInMs: 300 })).toEqual([]);
+      times.push(Date.now() - t);
+    }
+    expect(Math.min(...times)).toBeLessThan(480);
+    await receiver.close();
   });
 
   it('subscribe() receives and completes a stream of messages', async () => {
