@@ -51,6 +51,7 @@ function vmToEntity(vm: VmRecord): TableEntity {
     keyId: vm.keyId,
     deadLetteredCount: vm.deadLetteredCount,
     recentIssues: JSON.stringify(vm.recentIssues),
+    lastHealth: vm.lastHealth ? JSON.stringify(vm.lastHealth) : '',
   };
 }
 
@@ -66,6 +67,7 @@ function vmFromEntity(e: Row): VmRecord {
     keyId: num(e.keyId),
     deadLetteredCount: num(e.deadLetteredCount),
     recentIssues: JSON.parse(String(e.recentIssues ?? '[]')) as VmRecord['recentIssues'],
+    ...(typeof e.lastHealth === 'string' && e.lastHealth ? { lastHealth: JSON.parse(e.lastHealth) as NonNullable<VmRecord['lastHealth']> } : {}),
     etag: e.etag,
   };
 }

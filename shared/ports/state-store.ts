@@ -33,6 +33,8 @@ export interface VmRecord {
   /** Batches dead-lettered for this VM, and the last reasons (newest last, bounded). */
   deadLetteredCount: number;
   recentIssues: HealthIssueRecord[];
+  /** Health as the monitor last saw it (for transitions and cheap listing); absent before. */
+  lastHealth?: { health: string; codes: string[]; rpoSeconds: number | null; at: number };
   etag?: string;
 }
 

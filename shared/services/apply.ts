@@ -51,9 +51,12 @@ export interface ApplyDeps extends ReplicationDeps {
 /** Issues kept on the VM row for its health (newest last). */
 const MAX_RECENT_ISSUES = 10;
 const KEY_CACHE_MAX = 1024;
-const keyCache = new Map<string, Buffer>();
+/** Unwrapped data keys, per state store (a key id never changes meaning within one store). */
+const keyCaches = new WeakMap<object, Map<string, Buffer>>();
 
 async function dataKey(deps: ApplyDeps, vmId: string, keyId: number): Promise<Buffer | undefined> {
+  let keyCache = keyCaches.get(deps.state);
+  if (!keyCache) keyCaches.set(deps.state, (keyCache = new Map()));
   const id = `${vmId}:${keyId}`;
   const hit = keyCache.get(id);
   if (hit) return hit;
@@ -63,11 +66,6 @@ async function dataKey(deps: ApplyDeps, vmId: string, keyId: number): Promise<Bu
   if (keyCache.size >= KEY_CACHE_MAX) keyCache.delete(keyCache.keys().next().value as string);
   keyCache.set(id, key);
   return key;
-}
-
-/** Forgets cached keys of a VM (on disable or re-enable). */
-export function forgetKeys(vmId: string): void {
-  for (const k of [...keyCache.keys()]) if (k.startsWith(`${vmId}:`)) keyCache.delete(k);
 }
 
 function deadLetter(reason: DeadLetterReason, description: string, env?: { vmId: string; diskId: string }): ApplyOutcome {
