@@ -3,7 +3,8 @@
  *
  * Environment: FERRY_SERVICEBUS_CONFIG (default local/servicebus/Config.json),
  * FERRY_SERVICEBUS_PORT (5672), FERRY_SERVICEBUS_HOST (127.0.0.1),
- * FERRY_SERVICEBUS_DATA (<data dir>/servicebus; ':memory:' for no persistence).
+ * FERRY_SERVICEBUS_DATA (<data dir>/servicebus; ':memory:' for no persistence),
+ * FERRY_SERVICEBUS_CACHE_MB (64: message bodies kept in memory; the store has them all).
  */
 import { join, resolve } from 'node:path';
 import { createLogger } from '../log';
@@ -17,13 +18,18 @@ async function main(): Promise<void> {
   const port = Number(env.FERRY_SERVICEBUS_PORT ?? 5672);
   const host = env.FERRY_SERVICEBUS_HOST ?? '127.0.0.1';
   const data = env.FERRY_SERVICEBUS_DATA === ':memory:' ? ':memory:' : resolve(env.FERRY_SERVICEBUS_DATA ?? join(dataDir(), 'servicebus'));
+  const cacheMb = Number(env.FERRY_SERVICEBUS_CACHE_MB ?? 64);
+  if (!Number.isFinite(cacheMb) || cacheMb < 0) {
+    process.stderr.write(`FERRY_SERVICEBUS_CACHE_MB must be a number of megabytes (got '${env.FERRY_SERVICEBUS_CACHE_MB}').\n`);
+    process.exit(1);
+  }
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`FERRY_SERVICEBUS_PORT must be a TCP port number (got '${env.FERRY_SERVICEBUS_PORT}').\n`);
     process.exit(1);
   }
   let emulator;
   try {
-    emulator = await startServiceBusEmulator({ port, host, config: configPath, dataDir: data, logger: log });
+    emulator = await startServiceBusEmulator({ port, host, config: configPath, dataDir: data, logger: log, cacheBytes: cacheMb * 1024 * 1024 });
   } catch (err) {
     const message = err instanceof ConfigError ? err.message : `Service Bus emulator failed to start: ${(err as Error).message}`;
     process.stderr.write(message.split('\n')[0] + '\n');
