@@ -152,27 +152,7 @@ export class LocalStack {
       sink,
       onExit,
     );
-    const host = new SupervisedChild(
-      {
-        name: 'host',
-        command: node,
-        args: [join(root, 'dist/local/host/main.js')],
-        env: {
-          ...baseEnv,
-          FERRY_APP_ROOT: root,
-          FERRY_HOST_PORT: String(ports.host),
-          FERRY_FUNCTION_KEY: this.options.functionKey,
-          FERRY_MASTER_KEY: this.options.masterKey,
-          AzureWebJobsStorage: this.endpoints.storageConnectionString,
-          ServiceBusConnection: this.endpoints.serviceBusConnectionString,
-          ...this.options.settings,
-        },
-        cwd: root,
-        ready: () => httpReady(`${this.endpoints.apiUrl}/health`),
-      },
-      sink,
-      onExit,
-    );
+    const host = this.hostChild(baseEnv, onExit);
 
     this.children.push(azurite, servicebus, host);
     try {
@@ -184,6 +164,54 @@ export class LocalStack {
       throw err;
     }
     return this.endpoints;
+  }
+
+  private hostChild(baseEnv: NodeJS.ProcessEnv, onExit: (c: SupervisedChild) => void, extraEnv: Record<string, string> = {}): SupervisedChild {
+    const { root, ports, sink } = this.options;
+    return new SupervisedChild(
+      {
+        name: 'host',
+        command: process.execPath,
+        args: [join(root, 'dist/local/host/main.js')],
+        env: {
+          ...baseEnv,
+          FERRY_APP_ROOT: root,
+          FERRY_HOST_PORT: String(ports.host),
+          FERRY_FUNCTION_KEY: this.options.functionKey,
+          FERRY_MASTER_KEY: this.options.masterKey,
+          AzureWebJobsStorage: this.endpoints.storageConnectionString,
+          ServiceBusConnection: this.endpoints.serviceBusConnectionString,
+          ...this.options.settings,
+          ...extraEnv,
+        },
+        cwd: root,
+        ready: () => httpReady(`${this.endpoints.apiUrl}/health`),
+      },
+      sink,
+      onExit,
+    );
+  }
+
+  /**
+   * Replaces the functions host with a new one (same ports), with extra environment: for fault
+   * tests (crash injection) and restarts. `mode: 'kill'` ends the old one with SIGKILL.
+   * The new host is returned started unless `wait: false` (a host armed to crash may die before
+   * it is ready to answer).
+   */
+  async restartHost(extraEnv: Record<string, string> = {}, { mode = 'stop', wait = true }: { mode?: 'stop' | 'kill'; wait?: boolean } = {}): Promise<SupervisedChild> {
+    const old = this.child('host');
+    if (old) {
+      if (mode === 'kill') await old.kill();
+      else await old.stop();
+      this.children.splice(this.children.indexOf(old), 1);
+    }
+    const onExit = (c: SupervisedChild): void => this.options.onUnexpectedExit?.(c.spec.name, c.describeExit());
+    const host = this.hostChild({ ...process.env, FERRY_DATA_DIR: this.options.dataDir }, onExit, extraEnv);
+    this.children.push(host);
+    const started = host.start();
+    if (wait) await started;
+    else started.catch(() => undefined);
+    return host;
   }
 
   /** Stops the host first (it drains in-flight work), then the emulator and Azurite. */

@@ -33,6 +33,7 @@ import {
 } from '../domain/extents';
 import type { BatchRecord } from '../domain/wire-format';
 import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
+import { faultPoint } from '../faults';
 
 const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
@@ -141,12 +142,14 @@ export class BlobDiskStore implements DiskStore {
     }
     stats.extentsWritten += toStage.length;
     stats.bytesUploaded += toStage.reduce((n, s) => n + s.data.length, 0);
+    faultPoint('disk.blocks-staged');
     try {
       await blob.commitBlockList(ids, { conditions: etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: etag } });
     } catch (err) {
       throw wrap(err, what);
     }
     stats.segmentsCommitted++;
+    faultPoint('disk.segment-committed');
   }
 
   /** The extent's new bytes: the write laid over its current content (read only when needed). */

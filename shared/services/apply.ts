@@ -26,6 +26,7 @@ import { isDiskStoreError, type ApplyStats } from '../ports/disk-store';
 import { isStateStoreError, type DiskRecord, type VmRecord } from '../ports/state-store';
 import type { StagingStore } from '../ports/staging-store';
 import type { ReplicationDeps } from './deps';
+import { faultPoint } from '../faults';
 import { updateVmWithRetry } from './vms';
 
 export type DeadLetterReason =
@@ -112,6 +113,7 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
     );
   }
 
+  faultPoint('apply.state-read');
   let sealed: Buffer;
   if ('inline' in env.payload) {
     sealed = sealedBytesFrom(env);
@@ -148,6 +150,7 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
     return deadLetter('InvalidBatch', `Batch for ${where}: the envelope's capturedAt differs from the sealed one.`, env);
   }
 
+  faultPoint('apply.batch-opened');
   let stats: ApplyStats;
   try {
     stats = await deps.disks.apply({ vmId, diskId }, disk.sizeBytes, batch.records);
@@ -156,8 +159,11 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
     throw err;
   }
 
+  faultPoint('apply.disk-written');
   const vmState = await recordApplied(deps, found.vm, disk, batch);
+  faultPoint('apply.recorded');
   await deleteStaged(deps, env);
+  faultPoint('apply.done');
   return { kind: 'applied', vmId, diskId, epoch: env.epoch, sequence: env.seq, stats, ...(vmState ? { vmState } : {}) };
 }
 

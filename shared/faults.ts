@@ -1,0 +1,31 @@
+/**
+ * Crash injection for the crash-safety tests (in the manner of FoundationDB's "buggify"):
+ * `FERRY_FAULT_KILL_AT=<point>` makes the process kill itself with SIGKILL the first time it
+ * reaches that point, so a test can crash an apply between any two of its steps and check that
+ * redelivery converges. Unset (always, outside those tests) it costs one string comparison.
+ *
+ * Points, in the order an apply passes them:
+ *   apply.state-read       state read and the batch judged, nothing fetched
+ *   apply.batch-opened     batch fetched, authenticated and decoded, disk untouched
+ *   disk.blocks-staged     a segment's blocks staged, its block list not committed
+ *   disk.segment-committed one segment committed, the batch's other segments not yet
+ *   apply.disk-written     every segment written, applied sequence not recorded
+ *   apply.recorded         applied sequence recorded, VM state and staging blob not updated
+ *   apply.done             everything done but the message not yet completed
+ */
+export type FaultPoint =
+  | 'apply.state-read'
+  | 'apply.batch-opened'
+  | 'disk.blocks-staged'
+  | 'disk.segment-committed'
+  | 'apply.disk-written'
+  | 'apply.recorded'
+  | 'apply.done';
+
+const armed = process.env.FERRY_FAULT_KILL_AT;
+
+export function faultPoint(point: FaultPoint): void {
+  if (armed === undefined || armed !== point) return;
+  process.stderr.write(`FERRY_FAULT_KILL_AT=${point}: killing this process (crash-safety test)\n`);
+  process.kill(process.pid, 'SIGKILL');
+}
