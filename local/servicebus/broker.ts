@@ -10,7 +10,6 @@
  * instead of being refused with quota-exceeded as real Service Bus does; memory stays bounded by
  * the windows.
  */
-import { randomUUID } from 'node:crypto';
 import type { AddressInfo, Server } from 'node:net';
 import type * as rhea from 'rhea';
 import { rhea as amqp } from './rhea';
@@ -21,7 +20,7 @@ import {
   uuidToBytes, type ParsedMessage,
 } from './encoding';
 import { BrokerError, isBrokerError } from './errors';
-import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions, DEAD_LETTER_SUFFIX } from './queue';
+import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions } from './queue';
 import { audienceCovers, verifySasToken, type SharedAccessKey } from './sas';
 import type { MessageStore } from './store';
 
@@ -248,11 +247,13 @@ export class Broker {
     });
   }
 
+  /** Stops listening, closes every client connection, then commits and closes the store. */
   async close(): Promise<void> {
     const server = this.server;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    // server.close() only calls back once every connection has ended: end them first.
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     for (const c of this.openConnections) {
-      try { c.close(); } catch { /* already gone */ }
+      try { c.close({ condition: 'amqp:connection:forced', description: 'The Service Bus emulator is shutting down.' }); } catch { /* already gone */ }
     }
     // Give rhea a turn to write the close frames, then drop the sockets.
     await new Promise((r) => setTimeout(r, 20));
@@ -261,6 +262,7 @@ export class Broker {
       socket?.destroy();
     }
     this.openConnections.clear();
+    await closed;
     for (const e of this.entities.values()) e.close();
     this.core.timers.close();
     this.options.store.close();
@@ -738,16 +740,6 @@ export class Broker {
       if (!isBrokerError(err)) this.options.logger.warn({ err, op }, 'management operation failed');
       fail(err);
     }
-  }
-
-  /** Entity names as configured, for the startup line. */
-  describe(): { queues: number; topics: number; deadLetterSuffix: string } {
-    return { queues: this.options.config.queues.length, topics: this.options.config.topics.length, deadLetterSuffix: DEAD_LETTER_SUFFIX };
-  }
-
-  /** Test hook: a fresh lock token never collides with a delivered one. */
-  static newLockToken(): string {
-    return randomUUID();
   }
 }
 
