@@ -166,17 +166,23 @@ export class LocalStack {
     return this.endpoints;
   }
 
-  private hostChild(baseEnv: NodeJS.ProcessEnv, onExit: (c: SupervisedChild) => void, extraEnv: Record<string, string> = {}): SupervisedChild {
-    const { root, ports, sink } = this.options;
+  private hostChild(
+    baseEnv: NodeJS.ProcessEnv,
+    onExit: (c: SupervisedChild) => void,
+    extraEnv: Record<string, string> = {},
+    name = 'host',
+    port = this.options.ports.host,
+  ): SupervisedChild {
+    const { root, sink } = this.options;
     return new SupervisedChild(
       {
-        name: 'host',
+        name,
         command: process.execPath,
         args: [join(root, 'dist/local/host/main.js')],
         env: {
           ...baseEnv,
           FERRY_APP_ROOT: root,
-          FERRY_HOST_PORT: String(ports.host),
+          FERRY_HOST_PORT: String(port),
           FERRY_FUNCTION_KEY: this.options.functionKey,
           FERRY_MASTER_KEY: this.options.masterKey,
           AzureWebJobsStorage: this.endpoints.storageConnectionString,
@@ -185,11 +191,23 @@ export class LocalStack {
           ...extraEnv,
         },
         cwd: root,
-        ready: () => httpReady(`${this.endpoints.apiUrl}/health`),
+        ready: () => httpReady(`http://127.0.0.1:${port}/api/health`),
       },
       sink,
       onExit,
     );
+  }
+
+  /**
+   * Starts one more functions host on `port`, consuming the same queues and storage: a second
+   * instance, as Azure scales out. Stopped with the stack.
+   */
+  async addHost(name: string, port: number): Promise<SupervisedChild> {
+    const onExit = (c: SupervisedChild): void => this.options.onUnexpectedExit?.(c.spec.name, c.describeExit());
+    const host = this.hostChild({ ...process.env, FERRY_DATA_DIR: this.options.dataDir }, onExit, {}, name, port);
+    this.children.push(host);
+    await host.start();
+    return host;
   }
 
   /**
@@ -218,6 +236,8 @@ export class LocalStack {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const name of ['host', 'servicebus', 'azurite']) await this.child(name)?.stop();
+    const hosts = this.children.filter((c) => !['servicebus', 'azurite'].includes(c.spec.name));
+    await Promise.all(hosts.map((h) => h.stop()));
+    for (const name of ['servicebus', 'azurite']) await this.child(name)?.stop();
   }
 }
