@@ -4,23 +4,15 @@
  * Needs a build (`npm test` runs one first; this file builds if dist is older than the sources).
  */
 import { ServiceBusClient } from '@azure/service-bus';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { configOf, uniqueName, waitFor } from './helpers';
+import { configOf, emulatorMainJs, ensureBuilt, uniqueName, waitFor } from './helpers';
 
-const root = resolve(__dirname, '../../..');
-const mainJs = join(root, 'dist/local/servicebus/main.js');
+const mainJs = emulatorMainJs;
 
-function ensureBuilt(): void {
-  const srcDir = join(root, 'local/servicebus');
-  const newest = Math.max(...readdirSync(srcDir).filter((f) => f.endsWith('.ts')).map((f) => statSync(join(srcDir, f)).mtimeMs));
-  if (!existsSync(mainJs) || statSync(mainJs).mtimeMs < newest) {
-    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
-  }
-}
 
 interface Proc { child: ChildProcess; port: number; output: () => string }
 

@@ -3,9 +3,10 @@
  * port with a temporary data directory, and a real @azure/service-bus client against it.
  */
 import { ServiceBusClient } from '@azure/service-bus';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createLogger } from '../../../local/log';
 import { startServiceBusEmulator, type ServiceBusEmulator } from '../../../local/servicebus/index';
@@ -22,13 +23,13 @@ export function configOf(queues: QueueSpec[], topics: NonNullable<EmulatorConfig
 }
 
 /** Polls `fn` until it returns a truthy value, or fails after `timeoutMs`. */
-export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<Exclude<T, undefined | null | false | 0 | ''>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await fn();
-      if (v) return v;
+      if (v) return v as Exclude<T, undefined | null | false | 0 | ''>;
     } catch (err) {
       last = err;
     }
@@ -61,4 +62,22 @@ export async function startHarness(config: EmulatorConfig, options: { persistent
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+const root = resolve(__dirname, '../../..');
+export const emulatorMainJs = join(root, 'dist/local/servicebus/main.js');
+
+/**
+ * Builds when dist/ is missing or older than local/servicebus (`npm test` builds first; this
+ * covers running vitest alone). Errors elsewhere in the tree do not stop tsc from emitting ours.
+ */
+export function ensureBuilt(): void {
+  const srcDir = join(root, 'local/servicebus');
+  const newest = Math.max(...readdirSync(srcDir).filter((f) => f.endsWith('.ts')).map((f) => statSync(join(srcDir, f)).mtimeMs));
+  if (existsSync(emulatorMainJs) && statSync(emulatorMainJs).mtimeMs >= newest) return;
+  try {
+    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'pipe' });
+  } catch (err) {
+    if (!existsSync(emulatorMainJs)) throw err;
+  }
 }

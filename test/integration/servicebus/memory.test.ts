@@ -4,26 +4,18 @@
  * its peak resident memory must stay far below what keeping the bodies would need.
  */
 import { ServiceBusClient } from '@azure/service-bus';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { configOf } from './helpers';
+import { configOf, emulatorMainJs, ensureBuilt } from './helpers';
 
-const root = resolve(__dirname, '../../..');
-const mainJs = join(root, 'dist/local/servicebus/main.js');
+const mainJs = emulatorMainJs;
 const dir = mkdtempSync(join(tmpdir(), 'ferry-sb-mem-'));
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function ensureBuilt(): void {
-  const srcDir = join(root, 'local/servicebus');
-  const newest = Math.max(...readdirSync(srcDir).filter((f) => f.endsWith('.ts')).map((f) => statSync(join(srcDir, f)).mtimeMs));
-  if (!existsSync(mainJs) || statSync(mainJs).mtimeMs < newest) {
-    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
-  }
-}
 
 function peakRssMb(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
