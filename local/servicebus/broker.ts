@@ -99,13 +99,46 @@ function errorCondition(e: unknown): { condition: string; description: string } 
   return { condition: 'amqp:internal-error', description: (e as Error).message ?? String(e) };
 }
 
+// rhea's frame encoder (not in its typings).
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const rheaFrames = require('rhea/lib/frames.js') as { write_frame(frame: RawFrame): Buffer };
+interface RawFrame { performative?: unknown; payload?: Buffer }
+interface RawSocket { write(b: Buffer): boolean; cork(): void; uncork(): void }
+
+/** Frame payloads at least this large are written as they are, not copied into the frame. */
+const ZERO_COPY_PAYLOAD = 16 * 1024;
+
 /**
- * rhea writes every frame with its own socket.write (one syscall each). Defer the connection's
- * output to the end of the current tick and cork the socket around it, so all the frames of a
- * burst (transfers, dispositions, flows) leave in one writev.
+ * rhea writes every frame with its own socket.write (one syscall each) and copies each payload
+ * into a fresh frame buffer. On the emulator's connections: defer output to the end of the tick
+ * and cork the socket around it, so a burst of frames (transfers, dispositions, flows) leaves
+ * in one writev; and write large payloads after their frame header instead of copying them.
  */
-function coalesceWrites(conn: rhea.Connection): void {
-  const c = conn as unknown as { output(): void; socket?: { cork(): void; uncork(): void } };
+function tuneOutput(conn: rhea.Connection): void {
+  const c = conn as unknown as {
+    output(): void;
+    socket?: RawSocket;
+    amqp_transport?: { pending: RawFrame[]; header_sent?: unknown; write(socket: RawSocket): void };
+  };
+  const transport = c.amqp_transport;
+  if (transport?.header_sent) {
+    const write = transport.write.bind(transport);
+    transport.write = (socket) => {
+      if (!transport.pending.some((f) => f.payload && f.payload.length >= ZERO_COPY_PAYLOAD)) return write(socket);
+      for (const frame of transport.pending) {
+        const payload = frame.payload;
+        if (!payload || payload.length < ZERO_COPY_PAYLOAD) {
+          socket.write(rheaFrames.write_frame(frame));
+          continue;
+        }
+        const head = rheaFrames.write_frame({ ...frame, payload: undefined });
+        head.writeUInt32BE(head.length + payload.length, 0);
+        socket.write(head);
+        socket.write(payload);
+      }
+      transport.pending = [];
+    };
+  }
   const output = c.output.bind(c);
   let scheduled = false;
   c.output = () => {
@@ -284,7 +317,7 @@ export class Broker {
     c.on('connection_open', (ctx: rhea.EventContext) => {
       this.openConnections.add(ctx.connection);
       this.state(ctx.connection);
-      coalesceWrites(ctx.connection);
+      tuneOutput(ctx.connection);
     });
     const dropConnection = (ctx: rhea.EventContext): void => {
       this.openConnections.delete(ctx.connection);

@@ -16,8 +16,9 @@
  * (`x-opt-sequence-number`, `x-opt-enqueued-time`, `x-opt-locked-until`...). Delivery
  * annotations are hop-by-hop and dropped, as Service Bus does.
  *
- * Everything returned here is a fresh copy: rhea hands out slices of its frame buffers, and one
- * kept slice would pin a whole frame (a batch of hundreds of messages) in memory.
+ * Everything kept from an incoming transfer is copied out: rhea hands out slices of its frame
+ * buffers, and one kept slice would pin a whole frame (a batch of hundreds of messages) in
+ * memory. (A large body that already owns its whole buffer is kept as it is.)
  */
 import { randomUUID } from 'node:crypto';
 import { rhea as amqp } from './rhea';
@@ -184,6 +185,9 @@ const EMPTY = Buffer.alloc(0);
  * (and a frame slice its whole frame) alive for as long as the message is stored.
  */
 function copyOut(src: Buffer): Buffer {
+  // A large message usually arrives in frames rhea concatenated into a buffer of its own: a
+  // view that covers (nearly) all of that buffer pins nothing else, so keep it.
+  if (src.length >= 64 * 1024 && src.length >= src.buffer.byteLength * 0.95) return src;
   const b = Buffer.allocUnsafeSlow(src.length);
   src.copy(b);
   return b;
