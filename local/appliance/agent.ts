@@ -1,0 +1,316 @@
+/**
+ * The mobility agent: reads a VM's disks (read-only) and hands batches of changes to a sink.
+ *
+ * One pass per disk, all disks in parallel:
+ * 1. the change journal (TrackedDisk writes) since the last checkpoint: exactly the written
+ *    sectors are sent, no rescan;
+ * 2. the initial copy from where it stopped (resumable), or, when asked, a rescan of the whole
+ *    disk: 4 MiB extents read through a small fixed pool of reused buffers, all-zero extents
+ *    and blocks become zero records, and only 64 KiB blocks whose fingerprint differs from the
+ *    persistent map are sent;
+ * 3. a last batch carrying the pass's consistency tag (the same tagId on every disk), empty if
+ *    the disk had nothing else to send.
+ * A checkpoint (fingerprints, initial progress, journal positions) is saved only after every
+ * batch it covers is durably accepted by the sink, so a crash re-sends at worst a little, and
+ * never loses a change.
+ */
+import { read } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { ConsistencyKind } from '../../shared/domain/wire-format';
+import { BATCH_DATA_BYTES, BatchBuilder, BufferPool, type PlainBatch } from './batching';
+import { openSourceDisk, type SourceDisk } from './disk-io';
+import { ApplianceError } from './errors';
+import { closeSync } from 'node:fs';
+import { FingerprintMap, FP_BLOCK_BYTES, fingerprint, zeroFingerprint } from './fingerprints';
+import type { BatchSink } from './sink';
+import { loadVmState, saveVmState, vmDir, type DiskState, type VmState } from './state';
+import { commitJournal, journalDir, readJournal, type DirtyRange } from './tracked-disk';
+
+const readAsync = promisify(read);
+export const EXTENT_BYTES = 4 * 1024 * 1024;
+const ZERO_EXTENT = Buffer.alloc(EXTENT_BYTES);
+const CHECKPOINT_MS = 5000;
+
+export interface DiskPassStats {
+  diskId: string;
+  batches: number;
+  firstSequence: number;
+  lastSequence: number;
+  dataBytes: number;
+  zeroBytes: number;
+  records: number;
+  scannedBytes: number;
+  dirtyBytes: number;
+  initialComplete: boolean;
+}
+
+export interface PassResult {
+  tagId?: number;
+  disks: DiskPassStats[];
+}
+
+export interface ProgressEvent {
+  diskId: string;
+  phase: 'initial' | 'rescan' | 'delta';
+  doneBytes: number;
+  totalBytes: number;
+  sentBytes: number;
+}
+
+export interface PassOptions {
+  /** Rescan the whole disk against the fingerprints (always done for the first pass of a run). */
+  rescan?: boolean;
+  /** Tag the pass: its last batch on every disk carries one new tagId. */
+  tag?: ConsistencyKind;
+  /** Send an empty batch on a disk that had nothing to send (keeps an idle disk's RPO fresh). */
+  marker?: boolean;
+}
+
+export interface AgentOptions {
+  onProgress?: (e: ProgressEvent) => void;
+  /** Buffers of the batch pool (8 MiB each); default 6. */
+  batchBuffers?: number;
+}
+
+interface DiskRun {
+  d: DiskState;
+  src: SourceDisk;
+  fp: FingerprintMap;
+  fpFile: string;
+  nextSeq: number;
+  readPool: BufferPool;
+}
+
+function alignDown(n: number, a: number): number {
+  return Math.floor(n / a) * a;
+}
+
+export class MobilityAgent {
+  readonly state: VmState;
+  private readonly runs: DiskRun[] = [];
+  private readonly batchPool: BufferPool;
+  private started = false;
+
+  constructor(readonly stateDir: string, readonly vmId: string, private readonly sink: BatchSink, private readonly options: AgentOptions = {}) {
+    this.state = loadVmState(stateDir, vmId);
+    this.batchPool = new BufferPool(options.batchBuffers ?? 6, BATCH_DATA_BYTES);
+    for (const d of this.state.disks) {
+      const src = openSourceDisk(d.path);
+      if (src.sizeBytes !== d.sizeBytes) {
+        closeSync(src.fd);
+        throw new ApplianceError('BAD_STATE', `Disk ${d.path} is now ${src.sizeBytes} bytes but was ${d.sizeBytes} at enable; resizing a replicated disk needs a resync (disable and enable again).`);
+      }
+      const fpFile = join(vmDir(stateDir, vmId), `${d.diskId}.fp`);
+      this.runs.push({ d, src, fp: FingerprintMap.load(fpFile, d.sizeBytes), fpFile, nextSeq: 0, readPool: new BufferPool(2, EXTENT_BYTES) });
+    }
+  }
+
+  close(): void {
+    for (const r of this.runs) closeSync(r.src.fd);
+  }
+
+  /** One pass over every disk; resolves when all its batches are durably accepted. */
+  async pass(options: PassOptions = {}): Promise<PassResult> {
+    const rescan = options.rescan ?? !this.started;
+    if (!this.started) {
+      for (const r of this.runs) r.nextSeq = await this.sink.nextSequence(this.vmId, r.d.diskId, r.d.epoch);
+      this.started = true;
+    }
+    let tagId: number | undefined;
+    if (options.tag) {
+      tagId = this.state.nextTagId;
+      this.state.nextTagId++;
+      saveVmState(this.stateDir, this.state);
+    }
+    const disks = await Promise.all(this.runs.map((r) => this.passDisk(r, rescan, options, tagId)));
+    return { ...(tagId !== undefined ? { tagId } : {}), disks };
+  }
+
+  private async passDisk(r: DiskRun, rescan: boolean, options: PassOptions, tagId: number | undefined): Promise<DiskPassStats> {
+    const { d, fp } = r;
+    const size = d.sizeBytes;
+    const stats: DiskPassStats = { diskId: d.diskId, batches: 0, firstSequence: r.nextSeq, lastSequence: r.nextSeq - 1, dataBytes: 0, zeroBytes: 0, records: 0, scannedBytes: 0, dirtyBytes: 0, initialComplete: d.initialComplete };
+    const pending = new Set<Promise<void>>();
+    let failure: unknown;
+    let builder = new BatchBuilder(await this.batchPool.acquire());
+    let completeSent = d.initialComplete;
+    let covered = d.initialCoveredBytes;
+    let lastCheckpoint = Date.now();
+    const jdir = journalDir(this.stateDir, d.path);
+    const journal = readJournal(jdir, d.journal);
+    const phase: ProgressEvent['phase'] = !d.initialComplete ? 'initial' : rescan ? 'rescan' : 'delta';
+
+    const flush = async (final: boolean): Promise<void> => {
+      const finishing = final && !completeSent && phase === 'initial';
+      const wantTag = final && tagId !== undefined;
+      if (builder.empty && !finishing && !wantTag && !(final && options.marker && stats.batches === 0)) return;
+      const taken = builder.take();
+      const complete = completeSent || finishing;
+      const plain: PlainBatch = {
+        meta: {
+          vmId: this.vmId,
+          diskId: d.diskId,
+          epoch: d.epoch,
+          sequence: r.nextSeq++,
+          capturedAt: taken.firstReadAt || Date.now(),
+          diskSizeBytes: size,
+          initialReplicationComplete: complete,
+          initialCoveredBytes: complete ? size : covered,
+          ...(wantTag ? { consistency: { kind: options.tag!, tagId: tagId! } } : {}),
+        },
+        records: taken.records,
+        data: taken.data,
+      };
+      if (finishing) completeSent = true;
+      stats.batches++;
+      stats.lastSequence = plain.meta.sequence;
+      stats.records += plain.records.length;
+      const buf = builder.buffer;
+      let released = false;
+      const release = () => {
+        if (!released) {
+          released = true;
+          this.batchPool.release(buf);
+        }
+      };
+      const p = this.sink.submit(plain, release).then(
+        () => {
+          release();
+          pending.delete(p);
+        },
+        (err: unknown) => {
+          release();
+          pending.delete(p);
+          failure ??= err;
+        },
+      );
+      pending.add(p);
+      if (failure) throw failure;
+      if (!final) builder = new BatchBuilder(await this.batchPool.acquire());
+      if (!final && Date.now() - lastCheckpoint > CHECKPOINT_MS) {
+        await checkpoint(false);
+        lastCheckpoint = Date.now();
+      }
+    };
+
+    const checkpoint = async (end: boolean): Promise<void> => {
+      while (pending.size > 0) await Promise.all([...pending]);
+      if (failure) throw failure;
+      await this.sink.sync(this.vmId);
+      fp.save(r.fpFile);
+      if (phase === 'initial') d.initialCoveredBytes = covered;
+      if (end) {
+        if (completeSent) {
+          d.initialComplete = true;
+          d.initialCoveredBytes = size;
+        }
+        d.journal = commitJournal(jdir, journal);
+      }
+      saveVmState(this.stateDir, this.state);
+    };
+
+    const progress = (done: number, total: number) => this.options.onProgress?.({ diskId: d.diskId, phase, doneBytes: done, totalBytes: total, sentBytes: stats.dataBytes });
+
+    const addData = async (offset: number, data: Buffer, at: number): Promise<void> => {
+      if (builder.wouldOverflow(data.length)) await flush(false);
+      builder.addData(offset, data, at);
+      stats.dataBytes += data.length;
+    };
+    const addZero = async (offset: number, length: number, at: number): Promise<void> => {
+      if (builder.wouldOverflow(0)) await flush(false);
+      builder.addZero(offset, length, at);
+      stats.zeroBytes += length;
+    };
+
+    // 1. the change journal: exactly the written sectors; fingerprints of the touched blocks follow
+    for (const range of journal.ranges) {
+      await this.sendDirty(r, range, addData, addZero);
+      stats.dirtyBytes += range.length;
+    }
+
+    // 2. the initial copy (resumed) or a rescan
+    const scanFrom = phase === 'initial' ? alignDown(d.initialCoveredBytes, FP_BLOCK_BYTES) : 0;
+    if (phase !== 'delta') {
+      const total = size - scanFrom;
+      await this.readExtents(r, scanFrom, size, async (buf, off, len, at) => {
+        for (let b = off; b < off + len; b += FP_BLOCK_BYTES) {
+          const blen = Math.min(FP_BLOCK_BYTES, size - b);
+          const block = buf.subarray(b - off, b - off + blen);
+          const isZero = block.equals(ZERO_EXTENT.subarray(0, blen));
+          const f = isZero ? zeroFingerprint(blen) : fingerprint(block);
+          const idx = b / FP_BLOCK_BYTES;
+          if (f !== fp.get(idx)) {
+            if (phase === 'initial') covered = b;
+            if (isZero) await addZero(b, blen, at);
+            else await addData(b, block, at);
+            fp.set(idx, f);
+          }
+        }
+        stats.scannedBytes += len;
+        if (phase === 'initial') covered = off + len;
+        progress(off + len - scanFrom, total);
+      });
+    }
+
+    // 3. the last batch: the tag, the completion flag, or a marker
+    await flush(true);
+    this.batchPool.release(builder.buffer);
+    await checkpoint(true);
+    stats.initialComplete = d.initialComplete;
+    return stats;
+  }
+
+  /** Reads [from, to) in extents, one read ahead, through the disk's two reused buffers. */
+  private async readExtents(r: DiskRun, from: number, to: number, each: (buf: Buffer, off: number, len: number, at: number) => Promise<void>): Promise<void> {
+    const readAt = async (off: number) => {
+      const buf = await r.readPool.acquire();
+      const len = Math.min(EXTENT_BYTES, to - off);
+      const at = Date.now();
+      let pos = 0;
+      while (pos < len) {
+        const { bytesRead } = await readAsync(r.src.fd, buf, pos, len - pos, off + pos);
+        if (bytesRead === 0) throw new ApplianceError('DISK_UNREADABLE', `Unexpected end of ${r.src.path} at ${off + pos}.`);
+        pos += bytesRead;
+      }
+      return { buf, off, len, at };
+    };
+    let next = from < to ? readAt(from) : undefined;
+    while (next) {
+      const cur = await next;
+      next = cur.off + cur.len < to ? readAt(cur.off + cur.len) : undefined;
+      try {
+        await each(cur.buf, cur.off, cur.len, cur.at);
+      } finally {
+        r.readPool.release(cur.buf);
+      }
+    }
+  }
+
+  private async sendDirty(
+    r: DiskRun,
+    range: DirtyRange,
+    addData: (o: number, d: Buffer, at: number) => Promise<void>,
+    addZero: (o: number, l: number, at: number) => Promise<void>,
+  ): Promise<void> {
+    const size = r.d.sizeBytes;
+    const rEnd = Math.min(size, range.offset + range.length);
+    const from = alignDown(range.offset, FP_BLOCK_BYTES);
+    const to = Math.min(size, alignDown(rEnd + FP_BLOCK_BYTES - 1, FP_BLOCK_BYTES));
+    await this.readExtents(r, from, to, async (buf, off, len, at) => {
+      for (let b = off; b < off + len; b += FP_BLOCK_BYTES) {
+        const blen = Math.min(FP_BLOCK_BYTES, size - b);
+        const block = buf.subarray(b - off, b - off + blen);
+        // the dirty part of this block, sent as written (sector granularity)
+        const s = Math.max(b, range.offset);
+        const e = Math.min(b + blen, rEnd);
+        if (e > s) {
+          const piece = buf.subarray(s - off, e - off);
+          if (piece.equals(ZERO_EXTENT.subarray(0, piece.length))) await addZero(s, e - s, at);
+          else await addData(s, piece, at);
+        }
+        r.fp.set(b / FP_BLOCK_BYTES, block.equals(ZERO_EXTENT.subarray(0, blen)) ? zeroFingerprint(blen) : fingerprint(block));
+      }
+    });
+  }
+}

@@ -1,0 +1,53 @@
+/** The CloudTransport over the Azure SDKs: staging blobs with @azure/storage-blob, messages with @azure/service-bus. */
+import { ServiceBusClient, type ServiceBusSender } from '@azure/service-bus';
+import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
+import type { CloudTransport } from './outbox';
+
+export const BATCH_QUEUE = 'replication-batches';
+
+export class AzureTransport implements CloudTransport {
+  private client: ServiceBusClient | undefined;
+  private sender: ServiceBusSender | undefined;
+  private readonly containers = new Map<string, Promise<ContainerClient>>();
+  private readonly blobs: BlobServiceClient;
+
+  constructor(private readonly serviceBusConnection: string, storageConnection: string) {
+    // Our own retry loop (the outbox) handles outages; the SDKs should fail fast instead.
+    this.blobs = BlobServiceClient.fromConnectionString(storageConnection, { retryOptions: { maxTries: 2, tryTimeoutInMs: 60_000 } });
+  }
+
+  private container(name: string): Promise<ContainerClient> {
+    let p = this.containers.get(name);
+    if (!p) {
+      const c = this.blobs.getContainerClient(name);
+      p = c.createIfNotExists().then(() => c);
+      p.catch(() => this.containers.delete(name));
+      this.containers.set(name, p);
+    }
+    return p;
+  }
+
+  async stage(container: string, name: string, body: Buffer): Promise<void> {
+    const c = await this.container(container);
+    await c.getBlockBlobClient(name).uploadData(body, { blockSize: 8 * 1024 * 1024, concurrency: 1 });
+  }
+
+  async send(message: { body: unknown; contentType: string; sessionId: string; messageId: string }): Promise<void> {
+    if (!this.sender) {
+      this.client = new ServiceBusClient(this.serviceBusConnection, { retryOptions: { maxRetries: 1, timeoutInMs: 15_000, retryDelayInMs: 200 } });
+      this.sender = this.client.createSender(BATCH_QUEUE);
+    }
+    await this.sender.sendMessages(message);
+  }
+
+  async reset(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.sender = undefined;
+    await client?.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    await this.reset();
+  }
+}

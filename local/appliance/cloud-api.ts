@@ -1,0 +1,106 @@
+/**
+ * The Ferry cloud API as the appliance uses it (contract: CONTRACT.md, "HTTP API"). Network
+ * failures become UNREACHABLE naming the endpoint and how to start the local stack.
+ */
+import { ApplianceError } from './errors';
+
+export interface DiskView {
+  diskId: string;
+  sizeBytes: number;
+  initialReplicationPercent: number;
+  epoch: number;
+  appliedSequence: number;
+  lastAppliedAt: string | null;
+  lastCapturedAt?: string | null;
+}
+
+export interface VmView {
+  vmId: string;
+  state: string;
+  health: string;
+  healthReasons: unknown[];
+  rpoSeconds: number | null;
+  keyId: number;
+  disks: DiskView[];
+}
+
+export const DEFAULT_API = 'http://127.0.0.1:7071';
+
+export class CloudApi {
+  readonly base: string;
+
+  constructor(apiUrl: string, private readonly functionKey: string) {
+    const trimmed = apiUrl.replace(/\/+$/, '');
+    this.base = trimmed.endsWith('/api') ? trimmed : `${trimmed}/api`;
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T & { code?: string; message?: string } }> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}${path}`, {
+        method,
+        headers: { 'x-functions-key': this.functionKey, 'content-type': 'application/json' },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        signal: AbortSignal.timeout(30_000),
+      });
+    } catch (err) {
+      throw new ApplianceError('UNREACHABLE', `The Ferry API at ${this.base} is not reachable (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); start the local stack with npm start, or pass --api URL.`, { cause: err });
+    }
+    const text = await res.text();
+    let parsed: unknown = undefined;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      throw new ApplianceError('API_ERROR', `${method} ${this.base}${path} answered ${res.status} with a body that is not JSON; is --api pointing at the Ferry functions host?`);
+    }
+    if (res.status === 401 || res.status === 403) {
+      throw new ApplianceError('UNAUTHORIZED', `The Ferry API at ${this.base} refused the function key (${res.status}); set FERRY_FUNCTION_KEY or local/.data/function-key to the host's key.`);
+    }
+    return { status: res.status, body: parsed as T & { code?: string; message?: string } };
+  }
+
+  private fail(what: string, r: { status: number; body: { code?: string; message?: string } }): never {
+    throw new ApplianceError('API_ERROR', `${what} failed: ${r.status} ${r.body?.code ?? ''} ${r.body?.message ?? ''}`.trim());
+  }
+
+  async enable(vmId: string, disks: { diskId: string; sizeBytes: number }[]): Promise<VmView & { dataKey: string }> {
+    const r = await this.call<VmView & { dataKey: string }>('POST', `/vms/${encodeURIComponent(vmId)}/enable-replication`, { disks });
+    if (r.status === 409) throw new ApplianceError('ALREADY_ENABLED', `VM '${vmId}' is already enabled in the cloud: ${r.body.message ?? ''} Disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`.trim());
+    if (r.status !== 201) this.fail(`Enabling VM '${vmId}'`, r);
+    return r.body;
+  }
+
+  async getVm(vmId: string): Promise<VmView> {
+    const r = await this.call<VmView>('GET', `/vms/${encodeURIComponent(vmId)}`);
+    if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}; run \`ferry enable --vm ${vmId} --disk PATH\`.`);
+    if (r.status !== 200) this.fail(`Reading VM '${vmId}'`, r);
+    return r.body;
+  }
+
+  async listVms(): Promise<VmView[]> {
+    const r = await this.call<{ vms: VmView[] }>('GET', '/vms');
+    if (r.status !== 200) this.fail('Listing VMs', r);
+    return r.body.vms;
+  }
+}
+
+/**
+ * Polls the cloud until every disk's appliedSequence reaches `want[diskId]` (what
+ * `replicate --once` waits for before it exits).
+ */
+export async function waitApplied(api: CloudApi, vmId: string, want: Record<string, number>, options: { timeoutMs?: number; onPoll?: (vm: VmView) => void } = {}): Promise<VmView> {
+  const deadline = Date.now() + (options.timeoutMs ?? 10 * 60_000);
+  let delay = 100;
+  for (;;) {
+    const vm = await api.getVm(vmId);
+    options.onPoll?.(vm);
+    const behind = Object.entries(want).filter(([diskId, seq]) => (vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0) < seq);
+    if (behind.length === 0) return vm;
+    if (Date.now() > deadline) {
+      const detail = behind.map(([diskId, seq]) => `${diskId} at ${vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0} of ${seq}`).join(', ');
+      throw new ApplianceError('CLOUD_NOT_APPLIED', `The cloud has not applied everything sent for VM '${vmId}' (${detail}); is the functions host running apply-batches?`);
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(1000, delay * 1.5);
+  }
+}

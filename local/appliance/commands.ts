@@ -1,0 +1,209 @@
+/**
+ * The `ferry` commands as library functions: the CLI (cli.ts) parses options and calls these;
+ * tests call them directly. Each returns a result object (printed as JSON with `--json`) or
+ * throws an ApplianceError whose message is the one-line reason.
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { storageConnectionString } from '../../shared/azure/composition';
+import { isValidId } from '../../shared/domain/ids';
+import { createLogger, type Logger } from '../log';
+import { functionKey, loadAppSettings } from '../settings';
+import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
+import { AzureTransport } from './azure-transport';
+import { CloudApi, DEFAULT_API, waitApplied, type VmView } from './cloud-api';
+import { openSourceDisk } from './disk-io';
+import { ApplianceError } from './errors';
+import type { CloudTransport } from './outbox';
+import { ProcessServer } from './process-server';
+import type { BatchSink } from './sink';
+import { hasVmState, listVmStates, saveVmState, type VmState } from './state';
+
+export interface CommonOptions {
+  api?: string;
+  stateDir: string;
+  /** Default: FERRY_FUNCTION_KEY or local/.data/function-key. */
+  functionKey?: string;
+}
+
+export function cloudApi(options: CommonOptions): CloudApi {
+  return new CloudApi(options.api ?? DEFAULT_API, options.functionKey ?? functionKey());
+}
+
+// ---- enable ------------------------------------------------------------------------------
+
+export interface EnableResult {
+  vmId: string;
+  keyId: number;
+  state: string;
+  disks: { diskId: string; path: string; sizeBytes: number }[];
+}
+
+export async function enable(options: CommonOptions & { vm: string; disks: string[] }): Promise<EnableResult> {
+  if (!isValidId(options.vm)) throw new ApplianceError('BAD_ARGUMENT', `--vm '${options.vm}' must be 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit.`);
+  if (options.disks.length === 0) throw new ApplianceError('BAD_ARGUMENT', 'Give at least one --disk PATH.');
+  if (hasVmState(options.stateDir, options.vm)) {
+    throw new ApplianceError('ALREADY_ENABLED', `VM '${options.vm}' is already enabled on this appliance (state in ${options.stateDir}/${options.vm}).`);
+  }
+  const disks = options.disks.map((p, i) => {
+    const src = openSourceDisk(p);
+    closeSync(src.fd);
+    return { diskId: `disk${i}`, path: resolve(p), sizeBytes: src.sizeBytes };
+  });
+  const vm = await cloudApi(options).enable(options.vm, disks.map(({ diskId, sizeBytes }) => ({ diskId, sizeBytes })));
+  const state: VmState = {
+    version: 1,
+    vmId: options.vm,
+    apiUrl: options.api ?? DEFAULT_API,
+    keyId: vm.keyId,
+    dataKey: vm.dataKey,
+    agentToken: randomBytes(32).toString('base64url'),
+    enabledAt: new Date().toISOString(),
+    nextTagId: 1,
+    disks: disks.map((d) => ({
+      ...d,
+      epoch: vm.disks.find((c) => c.diskId === d.diskId)?.epoch ?? 1,
+      initialCoveredBytes: 0,
+      initialComplete: false,
+      journal: {},
+    })),
+  };
+  saveVmState(options.stateDir, state);
+  return { vmId: vm.vmId, keyId: vm.keyId, state: vm.state, disks };
+}
+
+// ---- replicate / agent -------------------------------------------------------------------
+
+export interface ConnectionOptions {
+  storageConnection?: string;
+  serviceBusConnection?: string;
+}
+
+export function azureTransport(options: ConnectionOptions): CloudTransport {
+  const settings = loadAppSettings();
+  const sb = options.serviceBusConnection ?? settings.ServiceBusConnection;
+  if (!sb) throw new ApplianceError('BAD_ARGUMENT', 'The setting ServiceBusConnection is not set (local.settings.json Values or the environment).');
+  const storage = options.storageConnection ?? storageConnectionString({ AzureWebJobsStorage: settings.AzureWebJobsStorage ?? 'UseDevelopmentStorage=true' });
+  return new AzureTransport(sb, storage);
+}
+
+export interface RunOptions extends CommonOptions {
+  vm: string;
+  once?: boolean;
+  /** Between delta passes; default 5 s. */
+  intervalMs?: number;
+  /** Crash-consistent tag cadence in continuous mode; default 5 min (as Azure Site Recovery). */
+  tagIntervalMs?: number;
+  /** Full rescan cadence in continuous mode (changes not made through TrackedDisk); default 60 s. */
+  rescanIntervalMs?: number;
+  onProgress?: (e: ProgressEvent) => void;
+  onPass?: (r: PassResult, stats: { lagMs: number; backlogBatches: number; sentBytes: number }) => void;
+  /** Stops the continuous loop. */
+  signal?: AbortSignal;
+  applyTimeoutMs?: number;
+  log?: Logger;
+}
+
+export interface ReplicateResult {
+  vmId: string;
+  passes: number;
+  tagId?: number;
+  disks: (PassResult['disks'][number] & { appliedSequence?: number })[];
+  state?: string;
+}
+
+/** Runs the agent against a sink; with `once`, one tagged pass, then waits for the cloud. */
+export async function runAgent(options: RunOptions, sink: BatchSink): Promise<ReplicateResult> {
+  const api = cloudApi(options);
+  await api.getVm(options.vm); // NOT_ENABLED / UNREACHABLE before any work
+  const agent = new MobilityAgent(options.stateDir, options.vm, sink, options.onProgress ? { onProgress: options.onProgress } : {});
+  try {
+    if (options.once) {
+      const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
+      const want = Object.fromEntries(r.disks.map((d) => [d.diskId, d.lastSequence]));
+      const vm = await waitApplied(api, options.vm, want, options.applyTimeoutMs !== undefined ? { timeoutMs: options.applyTimeoutMs } : {});
+      return {
+        vmId: options.vm,
+        passes: 1,
+        ...(r.tagId !== undefined ? { tagId: r.tagId } : {}),
+        disks: r.disks.map((d) => ({ ...d, appliedSequence: vm.disks.find((c) => c.diskId === d.diskId)?.appliedSequence ?? 0 })),
+        state: vm.state,
+      };
+    }
+    let passes = 0;
+    let lastTag = Date.now();
+    let lastRescan = Date.now();
+    let last: PassResult | undefined;
+    const interval = options.intervalMs ?? 5000;
+    while (!options.signal?.aborted) {
+      const started = Date.now();
+      const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 60_000);
+      const tag = started - lastTag >= (options.tagIntervalMs ?? 300_000) ? ('crash-consistent' as const) : undefined;
+      last = await agent.pass({ rescan, marker: true, ...(tag ? { tag } : {}) });
+      if (rescan) lastRescan = started;
+      if (tag) lastTag = started;
+      passes++;
+      const st = await sink.stats(options.vm);
+      options.onPass?.(last, { lagMs: Date.now() - started, backlogBatches: st.pendingBatches, sentBytes: st.sentBytes });
+      const wait = Math.max(0, interval - (Date.now() - started));
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, wait);
+        options.signal?.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+      });
+    }
+    return { vmId: options.vm, passes, disks: last?.disks ?? [] };
+  } finally {
+    agent.close();
+  }
+}
+
+export interface ReplicateOptions extends RunOptions, ConnectionOptions {
+  threads?: number;
+  limitMbps?: number;
+  cacheDir?: string;
+  cacheMaxBytes?: number;
+  sealWorkers?: number;
+  /** A transport to use instead of the Azure SDKs (tests). */
+  transport?: CloudTransport;
+}
+
+/** `ferry replicate`: the agent and the process server in one process. */
+export async function replicate(options: ReplicateOptions): Promise<ReplicateResult> {
+  const log = options.log ?? createLogger('ferry', { stream: process.stderr });
+  const server = new ProcessServer({
+    stateDir: options.stateDir,
+    transport: options.transport ?? azureTransport(options),
+    log,
+    ...(options.threads !== undefined ? { threads: options.threads } : {}),
+    ...(options.limitMbps !== undefined ? { limitMbps: options.limitMbps } : {}),
+    ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}),
+    ...(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {}),
+    ...(options.sealWorkers !== undefined ? { sealWorkers: options.sealWorkers } : {}),
+  });
+  try {
+    return await runAgent(options, server);
+  } finally {
+    await server.close();
+  }
+}
+
+// ---- status ------------------------------------------------------------------------------
+
+export async function status(options: CommonOptions & { vm?: string }): Promise<VmView[]> {
+  const api = cloudApi(options);
+  return options.vm ? [await api.getVm(options.vm)] : api.listVms();
+}
+
+export function formatStatus(vms: VmView[]): string {
+  if (vms.length === 0) return 'No VMs are enabled.';
+  const lines = ['VM                   STATE                 HEALTH    RPO     DISKS'];
+  for (const vm of vms) {
+    const disks = vm.disks.map((d) => `${d.diskId} ${d.initialReplicationPercent}% seq ${d.appliedSequence}`).join(', ');
+    const rpo = vm.rpoSeconds === null ? '-' : `${vm.rpoSeconds}s`;
+    lines.push(`${vm.vmId.padEnd(20)} ${vm.state.padEnd(21)} ${vm.health.padEnd(9)} ${rpo.padEnd(7)} ${disks}`);
+  }
+  return lines.join('\n');
+}
+
+export { listVmStates };

@@ -1,0 +1,121 @@
+/**
+ * The process server: seals batches in a pool of worker threads (one per core), spools them to
+ * the outbox (the offline cache) and uploads them with `--threads` parallel uploads per VM
+ * under an optional bandwidth cap. `ferry replicate` uses it in-process as the agent's sink;
+ * `ferry process-server` puts the same object behind HTTPS (https-server.ts).
+ */
+import { join } from 'node:path';
+import type { Logger } from '../log';
+import type { PlainBatch } from './batching';
+import { ApplianceError } from './errors';
+import { Outbox, type CloudTransport, type OutboxStats } from './outbox';
+import { SealPool } from './seal-pool';
+import type { BatchSink } from './sink';
+import { dataKeyOf, loadVmState } from './state';
+import { TokenBucket, mbpsToBytesPerSecond } from './token-bucket';
+
+export interface ProcessServerOptions {
+  stateDir: string;
+  /** Default `<stateDir>/cache`. */
+  cacheDir?: string;
+  /** Parallel uploads per VM, 1..32; default 4. */
+  threads?: number;
+  limitMbps?: number;
+  /** Default 10 GiB. */
+  cacheMaxBytes?: number;
+  /** Seal worker threads; default one per core; 0 seals on the main thread. */
+  sealWorkers?: number;
+  transport: CloudTransport;
+  log?: Logger;
+}
+
+export const MAX_THREADS = 32;
+
+export function checkThreads(threads: number): number {
+  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
+    throw new ApplianceError('BAD_ARGUMENT', `--threads must be an integer from 1 to ${MAX_THREADS}; got ${threads}.`);
+  }
+  return threads;
+}
+
+export class ProcessServer implements BatchSink {
+  private readonly outboxes = new Map<string, Outbox>();
+  private readonly keys = new Map<string, { key: Buffer; keyId: number; token: string }>();
+  private readonly pool: SealPool;
+  private readonly bucket: TokenBucket | undefined;
+  readonly cacheDir: string;
+
+  constructor(private readonly options: ProcessServerOptions) {
+    this.pool = new SealPool(options.sealWorkers);
+    this.cacheDir = options.cacheDir ?? join(options.stateDir, 'cache');
+    this.bucket = options.limitMbps ? new TokenBucket(mbpsToBytesPerSecond(options.limitMbps)) : undefined;
+    checkThreads(options.threads ?? 4);
+  }
+
+  /** The VM's key and agent token from the appliance state (read once, then cached). */
+  vm(vmId: string): { key: Buffer; keyId: number; token: string } {
+    let k = this.keys.get(vmId);
+    if (!k) {
+      const state = loadVmState(this.options.stateDir, vmId);
+      k = { key: dataKeyOf(state), keyId: state.keyId, token: state.agentToken };
+      this.keys.set(vmId, k);
+    }
+    return k;
+  }
+
+  outbox(vmId: string): Outbox {
+    let o = this.outboxes.get(vmId);
+    if (!o) {
+      o = new Outbox(join(this.cacheDir, vmId), this.options.transport, {
+        threads: this.options.threads ?? 4,
+        maxBytes: this.options.cacheMaxBytes ?? 10 * 1024 ** 3,
+        ...(this.bucket ? { bucket: this.bucket } : {}),
+        ...(this.options.log ? { log: this.options.log } : {}),
+      });
+      this.outboxes.set(vmId, o);
+    }
+    return o;
+  }
+
+  async nextSequence(vmId: string, diskId: string, epoch: number): Promise<number> {
+    return this.outbox(vmId).acceptedThrough(diskId, epoch) + 1;
+  }
+
+  async submit(plain: PlainBatch, release: () => void): Promise<void> {
+    const { vmId, diskId, epoch, sequence } = plain.meta;
+    const { key, keyId } = this.vm(vmId);
+    const outbox = this.outbox(vmId);
+    await outbox.waitForRoom();
+    let sealed: Buffer;
+    try {
+      sealed = await this.pool.seal(plain, key, keyId);
+    } finally {
+      release();
+    }
+    outbox.put(diskId, epoch, sequence, sealed);
+  }
+
+  async sync(vmId: string): Promise<void> {
+    this.outbox(vmId).sync();
+  }
+
+  async stats(vmId: string): Promise<OutboxStats> {
+    return { ...this.outbox(vmId).stats };
+  }
+
+  /** Resolves when every batch of the VM has been sent. */
+  async idle(vmId: string): Promise<void> {
+    await this.outbox(vmId).idle();
+  }
+
+  /** Loads every VM's cache found on disk, so a restarted process server resumes draining it. */
+  resumeCached(vmIds: string[]): void {
+    for (const vmId of vmIds) this.outbox(vmId);
+  }
+
+  async close(): Promise<void> {
+    for (const o of this.outboxes.values()) o.close();
+    await this.pool.close();
+    await this.options.transport.close();
+  }
+}
