@@ -3,11 +3,12 @@
  *   (a) 1 KiB messages sent in batches (createMessageBatch), then received and completed with
  *       subscribe() (maxConcurrentCalls 200, autoComplete): msg/s;
  *   (b) 200 KiB messages sent one per call (8 in flight), then received and completed with
- *       subscribe() (maxConcurrentCalls 10): MB/s.
+ *       subscribe() (maxConcurrentCalls 25): MB/s.
  * Receivers use skipParsingBodyAsJson (binary bodies, as Ferry sends).
  * The emulator runs as its own process (as `npm start` runs it) with persistence ON: SQLite in a
  * temporary directory. The baseline, measured in the same run, is the same workload against
- * the emulator with persistence off (in-memory store).
+ * the emulator with persistence off (in-memory store). Two interleaved rounds; each figure is
+ * the better of its two.
  *
  * `npm run bench -- servicebus`, or alone: `node dist/bench/servicebus.js`.
  */
@@ -25,8 +26,9 @@ const LARGE_COUNT = 600;
 const LARGE_IN_FLIGHT = 8;
 /** subscribe() maxConcurrentCalls: the link credit the SDK keeps outstanding. */
 const SMALL_CONCURRENCY = 200;
-const LARGE_CONCURRENCY = 10;
+const LARGE_CONCURRENCY = 25;
 const MB = 1024 * 1024;
+const ROUNDS = 2;
 
 interface Figures {
   smallSend: number;
@@ -147,9 +149,22 @@ async function measure(persistent: boolean): Promise<Figures> {
   }
 }
 
+/** Best of each figure over the rounds: the machine is shared, and noise only ever slows a run. */
+function best(runs: Figures[]): Figures {
+  const pick = (k: keyof Figures): number => Math.max(...runs.map((r) => r[k]));
+  return { smallSend: pick('smallSend'), smallReceive: pick('smallReceive'), largeSend: pick('largeSend'), largeReceive: pick('largeReceive') };
+}
+
 export async function run(): Promise<BenchResult[]> {
-  const memory = await measure(false);
-  const sqlite = await measure(true);
+  const memoryRuns: Figures[] = [];
+  const sqliteRuns: Figures[] = [];
+  // Interleaved, so that a burst of load elsewhere on the machine hits both alike.
+  for (let i = 0; i < ROUNDS; i++) {
+    memoryRuns.push(await measure(false));
+    sqliteRuns.push(await measure(true));
+  }
+  const memory = best(memoryRuns);
+  const sqlite = best(sqliteRuns);
   const result = (name: string, key: keyof Figures, unit: string, target?: string): BenchResult => ({
     name, value: sqlite[key], unit,
     baseline: { name: 'in-memory', value: memory[key] },
