@@ -18,6 +18,7 @@ import { readHostJson } from './host-json';
 import { HttpFrontEnd, toHttpFunction, type HttpFunction } from './http/server';
 import { Invoker } from './invoker';
 import { loadApp } from './loader';
+import { acquireSettlementServer, releaseSettlementServer, type SettlementServer } from './servicebus/settlement';
 import { ServiceBusListener } from './servicebus/trigger';
 import { TimerListener } from './timer/trigger';
 
@@ -87,6 +88,16 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
   const restoreEnv = exportSettings(options.settings);
   const systemLogger = logger.child({ category: 'Host.Function.Console' });
 
+  // The settlement service for SDK-type Service Bus bindings, before the functions load: the
+  // worker finds it through process.argv (--host/--port), as in Azure.
+  let settlement: SettlementServer;
+  try {
+    settlement = await acquireSettlementServer();
+  } catch (err) {
+    restoreEnv();
+    throw err;
+  }
+
   let app;
   try {
     app = await loadApp(options.appRoot, {
@@ -97,15 +108,17 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
       },
     });
   } catch (err) {
+    await releaseSettlementServer(settlement);
     restoreEnv();
     throw err;
   }
   const { registry } = app;
   const invoker = new Invoker(registry, logger, hostJson.functionTimeoutMs);
 
-  const cleanup = (): void => {
+  const cleanup = async (): Promise<void> => {
     app.unload();
     restoreEnv();
+    await releaseSettlementServer(settlement);
   };
 
   const http: HttpFunction[] = [];
@@ -146,7 +159,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
           break;
         }
         case 'servicebustrigger': {
-          const l = new ServiceBusListener(fn, triggerName, binding, options.settings, hostJson.serviceBus, invoker, logger);
+          const l = new ServiceBusListener(fn, triggerName, binding, options.settings, hostJson.serviceBus, invoker, logger, settlement);
           serviceBus.push(l);
           infos.push({ name, trigger: type, entityPath: l.entityPath });
           break;
@@ -169,7 +182,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     });
     await invoker.runHooks('appStart', appHookContext(registry, { functionAppDirectory: options.appRoot }));
   } catch (err) {
-    cleanup();
+    await cleanup();
     throw err;
   }
 
@@ -185,7 +198,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     timers.forEach((t) => t.stop());
     await Promise.allSettled(serviceBus.map((l) => l.close()));
     await front.stopAccepting().catch(() => undefined);
-    cleanup();
+    await cleanup();
     throw err;
   }
 
@@ -209,7 +222,7 @@ export async function startFunctionsHost(options: HostOptions): Promise<Function
     } catch (err) {
       logger.error({ err }, 'An appTerminate hook failed');
     }
-    cleanup();
+    await cleanup();
   };
 
   return {

@@ -29,6 +29,8 @@ import { HostError } from '../errors';
 import { resolveAppSettingRefs, type ServiceBusSettings } from '../host-json';
 import type { Invoker } from '../invoker';
 import { batchTriggerMetadata, messagesToTypedData, messageToTypedData, singleTriggerMetadata } from './convert';
+import { sdkTypedData } from './sdk-binding';
+import type { InFlightMessage, SettlementServer } from './settlement';
 
 const RECEIVE_WAIT_MS = 60_000;
 
@@ -49,6 +51,8 @@ export class ServiceBusListener {
   private readonly many: boolean;
   private readonly binary: boolean;
   private readonly autoComplete: boolean;
+  /** `sdkBinding: true`: the function gets messages and settlement actions (see sdk-binding.ts, settlement.ts). */
+  private readonly sdk: boolean;
   private readonly log: Logger;
   private client: ServiceBusClient | undefined;
   private readonly abort = new AbortController();
@@ -64,6 +68,8 @@ export class ServiceBusListener {
     private readonly options: ServiceBusSettings,
     private readonly invoker: Invoker,
     logger: Logger,
+    /** The settlement service SDK-type bindings settle through (required for them). */
+    private readonly settlement?: SettlementServer,
   ) {
     const name = fn.metadata.name;
     const str = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
@@ -86,6 +92,9 @@ export class ServiceBusListener {
     this.many = String(binding.cardinality ?? 'one').toLowerCase() === 'many';
     this.binary = String(binding.dataType ?? '').toLowerCase() === 'binary';
     this.autoComplete = typeof binding.autoCompleteMessages === 'boolean' ? binding.autoCompleteMessages : options.autoCompleteMessages;
+    const props = binding.properties as Record<string, unknown> | undefined;
+    this.sdk = binding.sdkBinding === true || String(props?.supportsDeferredBinding ?? '').toLowerCase() === 'true';
+    if (this.sdk && !settlement) throw new HostError('UnsupportedTrigger', `Function '${name}' uses an SDK-type binding but the host has no settlement service.`);
     this.log = logger.child({ fn: name, entity: this.entityPath });
   }
 
@@ -103,7 +112,9 @@ export class ServiceBusListener {
       const receiver = this.createReceiver();
       this.subscription = receiver.subscribe(
         {
-          processMessage: (m) => this.invoker.track(this.process([m], receiver)),
+          processMessage: async (m) => {
+            await this.invoker.track(this.process([m], receiver));
+          },
           processError: async (args) => {
             if (!this.abort.signal.aborted) this.log.warn({ err: args.error, source: args.errorSource }, 'Service Bus receive error; the client retries');
           },
@@ -130,7 +141,11 @@ export class ServiceBusListener {
   }
 
   private receiverOptions(): { receiveMode: 'peekLock'; maxAutoLockRenewalDurationInMs: number; skipParsingBodyAsJson: true } {
-    return { receiveMode: 'peekLock', maxAutoLockRenewalDurationInMs: this.options.maxAutoLockRenewalDurationMs, skipParsingBodyAsJson: true };
+    // SDK-type bindings without sessions renew message locks themselves, only while the
+    // invocation runs (as the .NET processor does): a message the function leaves unsettled
+    // is redelivered when its lock expires. Session locks are renewed by the client.
+    const renewal = this.sdk && !this.sessions ? 0 : this.options.maxAutoLockRenewalDurationMs;
+    return { receiveMode: 'peekLock', maxAutoLockRenewalDurationInMs: renewal, skipParsingBodyAsJson: true };
   }
 
   private createReceiver(): ServiceBusReceiver {
@@ -194,7 +209,11 @@ export class ServiceBusListener {
             log.debug('Session idle; releasing it');
             break;
           }
-          await this.invoker.track(this.process(batch, session));
+          const release = await this.invoker.track(this.process(batch, session));
+          if (release) {
+            log.debug('Session release requested by the function; releasing it');
+            break;
+          }
         }
       } catch (err) {
         if (!signal.aborted) log.warn({ err }, 'Session receive failed; releasing the session');
@@ -205,8 +224,12 @@ export class ServiceBusListener {
     }
   }
 
-  /** Invokes the function with the messages, then settles them as the extension does. */
-  private async process(messages: ServiceBusReceivedMessage[], receiver: ServiceBusReceiver | ServiceBusSessionReceiver): Promise<void> {
+  /**
+   * Invokes the function with the messages, then settles them as the extension does.
+   * Resolves true when the function asked (through the settlement service) to release its session.
+   */
+  private async process(messages: ServiceBusReceivedMessage[], receiver: ServiceBusReceiver | ServiceBusSessionReceiver): Promise<boolean> {
+    if (this.sdk) return this.processSdk(messages, receiver);
     const name = this.fn.metadata.name;
     const first = messages[0] as ServiceBusReceivedMessage;
     const input = this.many
@@ -215,9 +238,9 @@ export class ServiceBusListener {
     const outcome = await this.invoker.invoke(
       this.fn,
       { inputData: [{ name: this.triggerName, data: input.data }], triggerMetadata: input.meta },
-      `New ServiceBus message detected on '${this.entityPath}' (MessageId=${String(first.messageId)}, DeliveryCount=${(first.deliveryCount ?? 0) + 1}${first.sessionId ? `, SessionId=${first.sessionId}` : ''})`,
+      this.reason(first),
     );
-    if (!this.autoComplete) return;
+    if (!this.autoComplete) return false;
     for (const m of messages) {
       try {
         if (outcome.ok) await receiver.completeMessage(m);
@@ -226,6 +249,98 @@ export class ServiceBusListener {
         this.log.warn({ err, messageId: m.messageId }, `Could not ${outcome.ok ? 'complete' : 'abandon'} a message; it will be redelivered when its lock expires`);
       }
     }
+    return false;
+  }
+
+  private reason(first: ServiceBusReceivedMessage): string {
+    return `New ServiceBus message detected on '${this.entityPath}' (MessageId=${String(first.messageId)}, DeliveryCount=${(first.deliveryCount ?? 0) + 1}${first.sessionId ? `, SessionId=${first.sessionId}` : ''})`;
+  }
+
+  /**
+   * SDK-type binding: the function gets the messages as model binding data and settles them
+   * itself through the settlement service, which knows them (and their session) while the
+   * invocation runs. Afterwards, as the Service Bus processor does: a failed invocation
+   * abandons what the function left unsettled; a successful one completes it only with
+   * autoCompleteMessages, otherwise leaves it locked until the lock expires (then redelivered).
+   */
+  private async processSdk(messages: ServiceBusReceivedMessage[], receiver: ServiceBusReceiver | ServiceBusSessionReceiver): Promise<boolean> {
+    const settlement = this.settlement as SettlementServer;
+    const name = this.fn.metadata.name;
+    const first = messages[0] as ServiceBusReceivedMessage;
+    const entries: InFlightMessage[] = messages.map((message) => ({ message, receiver }));
+    const unregister: (() => void)[] = [];
+    const session = this.sessions ? { receiver: receiver as ServiceBusSessionReceiver, releaseRequested: false } : undefined;
+    const renewal = this.sessions ? undefined : new LockRenewal(entries, this.options.maxAutoLockRenewalDurationMs, this.log);
+    let outcome;
+    try {
+      for (const e of entries) unregister.push(settlement.registerMessage(e));
+      if (session) unregister.push(settlement.registerSession((receiver as ServiceBusSessionReceiver).sessionId, session));
+      const data = sdkTypedData(messages, this.many);
+      const meta = this.many ? batchTriggerMetadata(messages, name) : singleTriggerMetadata(first, name);
+      outcome = await this.invoker.invoke(this.fn, { inputData: [{ name: this.triggerName, data }], triggerMetadata: meta }, this.reason(first));
+    } finally {
+      renewal?.stop();
+      // From here on the function's settlement calls fail ("LockToken ... not found"), as in Azure.
+      unregister.forEach((u) => u());
+    }
+    for (const e of entries) {
+      if (e.settled) continue;
+      const action = !outcome.ok ? 'abandon' : this.autoComplete ? 'complete' : undefined;
+      if (!action) continue;
+      try {
+        if (action === 'abandon') await receiver.abandonMessage(e.message);
+        else await receiver.completeMessage(e.message);
+      } catch (err) {
+        this.log.warn({ err, messageId: e.message.messageId }, `Could not ${action} a message the function left unsettled; it will be redelivered when its lock expires`);
+      }
+    }
+    return session?.releaseRequested ?? false;
+  }
+}
+
+/**
+ * Renews the locks of messages in invocation, as the .NET processor does while the handler
+ * runs: halfway through each lock, until settled, stopped, or `maxMs` after the start.
+ */
+class LockRenewal {
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private stopped = false;
+  private readonly deadline: number;
+
+  constructor(
+    entries: InFlightMessage[],
+    maxMs: number,
+    private readonly log: Logger,
+  ) {
+    this.deadline = Date.now() + maxMs;
+    if (maxMs > 0) for (const e of entries) this.schedule(e);
+  }
+
+  private schedule(e: InFlightMessage): void {
+    const until = e.message.lockedUntilUtc?.getTime();
+    if (until === undefined) return;
+    const wait = Math.max(0, (until - Date.now()) / 2);
+    if (Date.now() + wait >= this.deadline) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (this.stopped || e.settled) return;
+      e.receiver.renewMessageLock(e.message).then(
+        () => {
+          if (!this.stopped && !e.settled) this.schedule(e);
+        },
+        (err: unknown) => {
+          if (!this.stopped && !e.settled) this.log.warn({ err, messageId: e.message.messageId }, 'Could not renew a message lock; it may be redelivered while the function runs');
+        },
+      );
+    }, wait);
+    t.unref();
+    this.timers.add(t);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
   }
 }
 
