@@ -107,6 +107,13 @@ interface RawSocket { write(b: Buffer): boolean; cork(): void; uncork(): void }
 
 /** Frame payloads at least this large are written as they are, not copied into the frame. */
 const ZERO_COPY_PAYLOAD = 16 * 1024;
+/**
+ * A large delivery is handed to rhea as its prefix (header and annotations) only; the body to
+ * write after it in the same frame is found here by tuneOutput.
+ */
+const frameTails = new WeakMap<Buffer, Buffer>();
+/** Connections whose transport writes frameTails. */
+const tunedConnections = new WeakSet<object>();
 
 /**
  * rhea writes every frame with its own socket.write (one syscall each) and copies each payload
@@ -121,20 +128,23 @@ function tuneOutput(conn: rhea.Connection): void {
     amqp_transport?: { pending: RawFrame[]; header_sent?: unknown; write(socket: RawSocket): void };
   };
   const transport = c.amqp_transport;
-  if (transport?.header_sent) {
+  if (transport?.header_sent && typeof transport.write === 'function' && Array.isArray(transport.pending)) {
+    tunedConnections.add(conn);
     const write = transport.write.bind(transport);
     transport.write = (socket) => {
-      if (!transport.pending.some((f) => f.payload && f.payload.length >= ZERO_COPY_PAYLOAD)) return write(socket);
+      if (!transport.pending.some((f) => f.payload && (f.payload.length >= ZERO_COPY_PAYLOAD || frameTails.has(f.payload)))) return write(socket);
       for (const frame of transport.pending) {
         const payload = frame.payload;
-        if (!payload || payload.length < ZERO_COPY_PAYLOAD) {
+        const tail = payload && frameTails.get(payload);
+        if (!payload || (payload.length < ZERO_COPY_PAYLOAD && !tail)) {
           socket.write(rheaFrames.write_frame(frame));
           continue;
         }
         const head = rheaFrames.write_frame({ ...frame, payload: undefined });
-        head.writeUInt32BE(head.length + payload.length, 0);
+        head.writeUInt32BE(head.length + payload.length + (tail?.length ?? 0), 0);
         socket.write(head);
         socket.write(payload);
+        if (tail) socket.write(tail);
       }
       transport.pending = [];
     };
@@ -177,8 +187,18 @@ class LinkConsumer implements Consumer {
     return Math.min(credit(this.link) - unsent, s.outgoing.deliveries.available());
   }
 
-  deliver(bytes: Buffer, lockToken: string | undefined, msg: Msg): void {
+  deliver(prefix: Buffer, payload: Buffer, lockToken: string | undefined, msg: Msg): void {
     const tag = lockToken ? toDotNetGuidBytes(uuidToBytes(lockToken)) : Buffer.from(`${msg.seq}`);
+    const maxFrame = (this.link.connection as unknown as { max_frame_size?: number }).max_frame_size ?? 0xffffffff;
+    let bytes: Buffer;
+    if (payload.length >= ZERO_COPY_PAYLOAD && tunedConnections.has(this.link.connection) && prefix.length + payload.length + tag.length + 64 < maxFrame) {
+      // The whole message fits one frame: send the prefix and let tuneOutput write the body
+      // after it, instead of copying the body into one buffer.
+      bytes = prefix;
+      frameTails.set(prefix, payload);
+    } else {
+      bytes = Buffer.concat([prefix, payload]);
+    }
     const d = this.link.send(bytes, tag, 0) as RawDelivery;
     if (lockToken) d.sbLockToken = lockToken;
   }

@@ -344,6 +344,14 @@ function writeSymbolKey(b: Buffer, pos: number, key: string): number {
 
 /** Encodes a stored message for a transfer or a `$management` reply. */
 export function encodeMessage(parts: StoredParts, info: DeliveryInfo): Buffer {
+  return encodePrefix(parts, info, parts.payload);
+}
+
+/**
+ * The header and message-annotation sections of a delivery: followed by `parts.payload` they
+ * make the encoded message. With `tail` given, it is copied after them into the same buffer.
+ */
+export function encodePrefix(parts: StoredParts, info: DeliveryInfo, tail?: Buffer): Buffer {
   const dls = info.deadLetterSource ? Buffer.from(info.deadLetterSource, 'utf8') : undefined;
   // header: list8 of 5 fields (durable, priority, ttl, first-acquirer, delivery-count)
   const hasTtl = parts.ttlMs !== undefined && parts.ttlMs !== null;
@@ -354,7 +362,7 @@ export function encodeMessage(parts: StoredParts, info: DeliveryInfo): Buffer {
   if (info.lockedUntil !== undefined) { brokerLen += 2 + 18 + 9; brokerCount += 2; }
   if (dls) { brokerLen += 2 + 23 + 5 + dls.length; brokerCount += 2; }
   const annLen = 3 + 1 + 8 + parts.annotations.length + brokerLen;
-  const b = Buffer.allocUnsafe(headerLen + annLen + parts.payload.length);
+  const b = Buffer.allocUnsafe(headerLen + annLen + (tail?.length ?? 0));
   let p = 0;
   b[p++] = 0x00; b[p++] = 0x53; b[p++] = Section.header;
   b[p++] = 0xc0; b[p++] = 1 + headerFields; b[p++] = 5;
@@ -383,7 +391,7 @@ export function encodeMessage(parts: StoredParts, info: DeliveryInfo): Buffer {
     b[p++] = 0xb1; b.writeUInt32BE(dls.length, p); p += 4; p += dls.copy(b, p);
   }
   if (p - annStart !== annLen) throw new EncodingError('internal: annotation length mismatch');
-  p += parts.payload.copy(b, p);
+  if (tail) p += tail.copy(b, p);
   return p === b.length ? b : b.subarray(0, p);
 }
 

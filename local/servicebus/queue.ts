@@ -19,7 +19,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { EntitySettings } from './config';
-import { encodeMessage, mergeApplicationProperties, type ParsedMessage } from './encoding';
+import { encodeMessage, encodePrefix, mergeApplicationProperties, type ParsedMessage, type StoredParts, type DeliveryInfo } from './encoding';
 import { BrokerError } from './errors';
 import type { MessageStore, StoredMessage } from './store';
 
@@ -33,7 +33,8 @@ export interface Consumer {
   readonly receiveAndDelete: boolean;
   /** How many more messages the link can take now. */
   credit(): number;
-  deliver(bytes: Buffer, lockToken: string | undefined, msg: Msg): void;
+  /** Sends one message: `prefix` (header, annotations) followed by `payload` (the stored body). */
+  deliver(prefix: Buffer, payload: Buffer, lockToken: string | undefined, msg: Msg): void;
   /** Called after a dispatch pass that left this consumer with credit (nothing more for it). */
   idle(): void;
   /** The session lock expired: the link must be closed. */
@@ -433,25 +434,30 @@ export class Entity {
     return p;
   }
 
-  encode(m: Msg, lockedUntil?: number): Buffer {
-    return encodeMessage(
+  private parts(m: Msg, lockedUntil?: number): [StoredParts, DeliveryInfo] {
+    return [
       { annotations: m.annotations, annCount: m.annCount, payload: this.payloadOf(m), ttlMs: m.ttlMs, priority: m.priority, durable: m.durable },
       { sequenceNumber: m.seq, enqueuedAt: m.enqueuedAt, lockedUntil, state: m.state, deadLetterSource: m.deadLetterSource, deliveryCount: m.deliveryCount },
-    );
+    ];
+  }
+
+  /** The message as one buffer (for `$management` replies). */
+  encode(m: Msg, lockedUntil?: number): Buffer {
+    return encodeMessage(...this.parts(m, lockedUntil));
   }
 
   private deliver(c: Consumer, m: Msg, now: number): void {
     if (c.receiveAndDelete) {
-      const bytes = this.encode(m);
+      const [parts, info] = this.parts(m);
       this.remove(m);
       this.core.store.delete(m.seq);
-      c.deliver(bytes, undefined, m);
+      c.deliver(encodePrefix(parts, info), parts.payload, undefined, m);
       return;
     }
     const token = this.lock(m, now, c);
-    const bytes = this.encode(m, m.lockedUntil);
+    const [parts, info] = this.parts(m, m.lockedUntil);
     m.deliveryCount++;
-    c.deliver(bytes, token, m);
+    c.deliver(encodePrefix(parts, info), parts.payload, token, m);
   }
 
   private lock(m: Msg, now: number, owner?: Consumer): string {
