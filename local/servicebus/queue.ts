@@ -68,6 +68,7 @@ export class Msg implements StoredMessage {
   /** Whether a (possibly stale) entry for this message sits in an availability heap. */
   inHeap = false;
   ttlTimer?: TimerHandle;
+  scheduleTimer?: TimerHandle;
 
   constructor(m: StoredMessage) {
     Object.assign(this, m);
@@ -112,26 +113,75 @@ class Heap<T> {
   }
 }
 
-export interface TimerHandle { at: number; fn: () => void; cancelled: boolean }
+export interface TimerHandle { at: number; fn: () => void; index: number }
 
-/** Many deadlines on one setTimeout: locks, TTLs, scheduled messages. */
+/**
+ * Many deadlines on one setTimeout: locks, TTLs, scheduled messages. An indexed heap, so that
+ * a cancelled deadline leaves at once (a lock per delivery, a TTL of days per message: lazily
+ * dropped entries would pile up under sustained traffic).
+ */
 export class Timers {
-  private readonly heap = new Heap<TimerHandle>((a, b) => a.at < b.at);
+  private readonly heap: TimerHandle[] = [];
   private timer?: NodeJS.Timeout;
   private armedAt = Infinity;
   private closed = false;
 
+  get size(): number { return this.heap.length; }
+
   schedule(at: number, fn: () => void): TimerHandle {
-    const h = { at, fn, cancelled: false };
+    const h = { at, fn, index: this.heap.length };
     this.heap.push(h);
+    this.up(h.index);
     if (at < this.armedAt) this.arm();
     return h;
+  }
+
+  cancel(h: TimerHandle | undefined): void {
+    if (!h || h.index < 0) return;
+    const i = h.index;
+    const last = this.heap.pop()!;
+    h.index = -1;
+    if (last !== h) {
+      this.heap[i] = last;
+      last.index = i;
+      this.down(i);
+      this.up(i);
+    }
+  }
+
+  private less(i: number, j: number): boolean { return this.heap[i]!.at < this.heap[j]!.at; }
+  private swap(i: number, j: number): void {
+    const a = this.heap[i]!;
+    const b = this.heap[j]!;
+    this.heap[i] = b; b.index = i;
+    this.heap[j] = a; a.index = j;
+  }
+  private up(i: number): void {
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.less(i, p)) break;
+      this.swap(i, p);
+      i = p;
+    }
+  }
+  private down(i: number): void {
+    const n = this.heap.length;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < n && this.less(l, m)) m = l;
+      if (r < n && this.less(r, m)) m = r;
+      if (m === i) return;
+      this.swap(i, m);
+      i = m;
+    }
   }
 
   private arm(): void {
     if (this.closed) return;
     if (this.timer) clearTimeout(this.timer);
-    const next = this.heap.peek();
+    const next = this.heap[0];
     if (!next) { this.armedAt = Infinity; this.timer = undefined; return; }
     this.armedAt = next.at;
     this.timer = setTimeout(() => this.fire(), Math.max(0, Math.min(next.at - Date.now(), 2 ** 31 - 1)));
@@ -142,9 +192,9 @@ export class Timers {
     this.timer = undefined;
     this.armedAt = Infinity;
     const now = Date.now();
-    for (let h = this.heap.peek(); h && h.at <= now; h = this.heap.peek()) {
-      this.heap.pop();
-      if (!h.cancelled) h.fn();
+    for (let h = this.heap[0]; h && h.at <= now; h = this.heap[0]) {
+      this.cancel(h);
+      h.fn();
     }
     this.arm();
   }
@@ -310,8 +360,9 @@ export class Entity {
     this.messages.delete(m.seq);
     this.account(-m.size);
     m.inHeap = false;
-    if (m.ttlTimer) m.ttlTimer.cancelled = true;
-    if (m.lockTimer) m.lockTimer.cancelled = true;
+    this.core.timers.cancel(m.ttlTimer);
+    this.core.timers.cancel(m.lockTimer);
+    this.core.timers.cancel(m.scheduleTimer);
     if (m.lockToken) this.locks.delete(m.lockToken);
     this.core.cache.remove(m);
     if (m.sessionId !== null && this.requiresSession) {
@@ -327,11 +378,11 @@ export class Entity {
   /** Makes a committed message available, or arms its schedule/expiry timers. */
   private activate(m: Msg, now: number): void {
     if (m.expiresAt !== null && !this.isDeadLetterQueue) {
-      if (m.ttlTimer) m.ttlTimer.cancelled = true;
+      this.core.timers.cancel(m.ttlTimer);
       m.ttlTimer = this.core.timers.schedule(m.expiresAt, () => this.expireIfDue(m));
     }
     if (m.state === 2) {
-      this.core.timers.schedule(m.visibleAt, () => {
+      m.scheduleTimer = this.core.timers.schedule(m.visibleAt, () => {
         if (this.messages.get(m.seq) === m && m.state === 2) {
           m.state = 0;
           this.makeAvailable(m);
@@ -478,7 +529,7 @@ export class Entity {
   }
 
   private armLockTimer(m: Msg): void {
-    if (m.lockTimer) m.lockTimer.cancelled = true;
+    this.core.timers.cancel(m.lockTimer);
     const token = m.lockToken;
     m.lockTimer = this.core.timers.schedule(m.lockedUntil, () => {
       if (m.lockToken === token && this.messages.get(m.seq) === m) {
@@ -491,7 +542,7 @@ export class Entity {
 
   private unlock(m: Msg): void {
     if (m.lockToken) this.locks.delete(m.lockToken);
-    if (m.lockTimer) m.lockTimer.cancelled = true;
+    this.core.timers.cancel(m.lockTimer);
     m.lockTimer = undefined;
     m.lockToken = undefined;
     m.owner = undefined;
@@ -749,7 +800,7 @@ export class Entity {
   }
 
   private armSessionTimer(s: SessionEntry): void {
-    if (s.lockTimer) s.lockTimer.cancelled = true;
+    this.core.timers.cancel(s.lockTimer);
     const owner = s.owner;
     s.lockTimer = this.core.timers.schedule(s.lockedUntil, () => {
       if (s.owner !== owner || !owner || s.lockedUntil > Date.now()) return;
@@ -762,7 +813,7 @@ export class Entity {
   /** Ends a consumer's hold on a session: its locked messages become available again. */
   releaseSession(s: SessionEntry): void {
     const owner = s.owner;
-    if (s.lockTimer) s.lockTimer.cancelled = true;
+    this.core.timers.cancel(s.lockTimer);
     s.owner = undefined;
     s.lockedUntil = 0;
     if (owner && owner.session === s) owner.session = undefined;
