@@ -79,6 +79,7 @@ export class Outbox {
   private readonly roomWaiters: (() => void)[] = [];
   private readonly idleWaiters: (() => void)[] = [];
   private closed = false;
+  private readonly failing = new Set<string>();
   readonly stats: OutboxStats = { sentBatches: 0, sentBytes: 0, spooledBytes: 0, pendingBatches: 0, retries: 0, offline: false };
 
   constructor(readonly dir: string, private readonly transport: CloudTransport, private readonly options: OutboxOptions) {
@@ -248,21 +249,23 @@ export class Outbox {
 
   /** Retries `fn` with backoff until it succeeds or the outbox closes. */
   private async retrying(what: string, fn: () => Promise<void>): Promise<boolean> {
+    const service = what.startsWith('stage') ? 'Storage' : 'Service Bus';
     let delay = 200;
     for (;;) {
       if (this.closed) return false;
       try {
         await fn();
-        if (this.stats.offline) {
-          this.stats.offline = false;
-          this.options.log?.info({ vmDir: this.dir }, 'cloud reachable again; draining the cache');
+        if (this.failing.delete(service)) {
+          this.stats.offline = this.failing.size > 0;
+          this.options.log?.info({ cache: this.dir }, `${service} reachable again; draining the cache`);
         }
         return true;
       } catch (err) {
         this.stats.retries++;
-        if (!this.stats.offline) {
+        if (!this.failing.has(service)) {
+          this.failing.add(service);
           this.stats.offline = true;
-          this.options.log?.warn({ what, err: errorMessage(err) }, 'cloud unreachable; spooling batches to the cache and retrying');
+          this.options.log?.warn({ what, err: errorMessage(err) }, `${service} unreachable; spooling batches to the cache and retrying`);
         }
         await this.transport.reset?.().catch(() => undefined);
         await new Promise((r) => setTimeout(r, delay));

@@ -45,7 +45,6 @@ export class SealPool {
           job.reject(err);
         }
       });
-      w.unref();
       this.all.push(w);
       this.idle.push(w);
     }
