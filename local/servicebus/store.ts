@@ -201,6 +201,7 @@ interface MessageRow {
  */
 const LOG_THRESHOLD = 512;
 const SEGMENT_BYTES = 64 * 1024 * 1024;
+const DELETE_CHUNK = 32;
 
 /**
  * Append-only files for message bodies (`<dir>/segments/<n>.log`): appending a body to the page
@@ -350,6 +351,7 @@ export class SqliteStore extends BatchingStore {
         expires_at, state, delivery_count, dl_source, ttl, priority, durable, ann, ann_count, size, payload, seg, off)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
       delete: this.db.prepare('DELETE FROM messages WHERE seq = ?'),
+      deleteMany: this.db.prepare(`DELETE FROM messages WHERE seq IN (${Array(DELETE_CHUNK).fill('?').join(', ')})`),
       body: this.db.prepare('SELECT payload, seg, off, size FROM messages WHERE seq = ?'),
       setBody: this.db.prepare('UPDATE messages SET payload = ?, seg = ?, off = ?, size = ? WHERE seq = ?'),
       setSession: this.db.prepare('INSERT OR REPLACE INTO session_states (entity, session_id, state) VALUES (?, ?, ?)'),
@@ -358,7 +360,18 @@ export class SqliteStore extends BatchingStore {
     };
     this.applyTx = this.db.transaction((ops: Op[], locs: Map<Op, { seg: number; off: number }>) => {
       let maxSeq = 0;
-      for (const op of ops) {
+      for (let i = 0; i < ops.length; i++) {
+        const op = ops[i]!;
+        if (op.kind === 'delete') {
+          // A run of deletes (completions) goes out DELETE_CHUNK at a time.
+          let j = i;
+          while (j + 1 < ops.length && j + 1 - i < DELETE_CHUNK && ops[j + 1]!.kind === 'delete') j++;
+          const seqs = ops.slice(i, j + 1).map((o) => (o as { seq: number }).seq);
+          if (seqs.length === DELETE_CHUNK) this.stmts.deleteMany.run(...seqs);
+          else for (const seq of seqs) this.stmts.delete.run(seq);
+          i = j;
+          continue;
+        }
         if (op.kind === 'insert') {
           const m = op.m;
           const loc = locs.get(op);
@@ -373,8 +386,6 @@ export class SqliteStore extends BatchingStore {
             const loc = locs.get(op);
             this.stmts.setBody.run(loc ? null : op.u.payload, loc?.seg ?? null, loc?.off ?? null, op.u.payload.length, op.seq);
           }
-        } else if (op.kind === 'delete') {
-          this.stmts.delete.run(op.seq);
         } else if (op.state) {
           this.stmts.setSession.run(op.entity, op.sessionId, op.state);
         } else {
