@@ -71,6 +71,8 @@ export interface AgentOptions {
   onProgress?: (e: ProgressEvent) => void;
   /** Buffers of the batch pool (8 MiB each); default 6. */
   batchBuffers?: number;
+  /** How often a long pass saves its progress; default 5 s. */
+  checkpointMs?: number;
 }
 
 interface DiskRun {
@@ -188,7 +190,7 @@ export class MobilityAgent {
       pending.add(p);
       if (failure) throw failure;
       if (!final) builder = new BatchBuilder(await this.batchPool.acquire());
-      if (!final && Date.now() - lastCheckpoint > CHECKPOINT_MS) {
+      if (!final && Date.now() - lastCheckpoint >= (this.options.checkpointMs ?? CHECKPOINT_MS)) {
         await checkpoint(false);
         lastCheckpoint = Date.now();
       }

@@ -1,0 +1,153 @@
+/**
+ * The mobility agent against an in-memory sink that applies batches to a model disk: the
+ * initial copy, zero extents, fingerprint-based rescans, resuming an interrupted initial copy,
+ * sequence numbers without gaps, and the pass's tag on every disk.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { MobilityAgent } from '../../../local/appliance/agent';
+import type { PlainBatch } from '../../../local/appliance/batching';
+import type { OutboxStats } from '../../../local/appliance/outbox';
+import type { BatchSink } from '../../../local/appliance/sink';
+import { loadVmState, saveVmState } from '../../../local/appliance/state';
+import { rng } from '../../support/batches';
+
+const MiB = 1024 * 1024;
+const dir = mkdtempSync(join(tmpdir(), 'ferry-agent-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+class ModelSink implements BatchSink {
+  models = new Map<string, Buffer>();
+  accepted = new Map<string, number>();
+  batches: PlainBatch['meta'][] = [];
+  failAt?: number;
+  dataBytes = 0;
+
+  async nextSequence(_vm: string, diskId: string): Promise<number> {
+    return (this.accepted.get(diskId) ?? 0) + 1;
+  }
+  async submit(plain: PlainBatch, release: () => void): Promise<void> {
+    const { diskId, sequence } = plain.meta;
+    if (this.failAt !== undefined && this.batches.length >= this.failAt) {
+      release();
+      throw new Error('sink down');
+    }
+    expect(sequence).toBe((this.accepted.get(diskId) ?? 0) + 1);
+    let model = this.models.get(diskId);
+    if (!model) this.models.set(diskId, (model = Buffer.alloc(plain.meta.diskSizeBytes)));
+    let pos = 0;
+    for (const r of plain.records) {
+      if (r.kind === 'zero') model.fill(0, r.offset, r.offset + r.length);
+      else {
+        plain.data.copy(model, r.offset, pos, pos + r.length);
+        pos += r.length;
+        this.dataBytes += r.length;
+      }
+    }
+    release();
+    this.accepted.set(diskId, sequence);
+    this.batches.push(plain.meta);
+  }
+  async sync(): Promise<void> {}
+  async stats(): Promise<OutboxStats> {
+    return { sentBatches: 0, sentBytes: 0, spooledBytes: 0, pendingBatches: 0, retries: 0, offline: false };
+  }
+}
+
+function diskImage(path: string, size: number, seed: number): Buffer {
+  const next = rng(seed);
+  const img = Buffer.alloc(size);
+  for (let off = 0; off < size; off += 4 * MiB) {
+    const kind = next();
+    const end = Math.min(size, off + 4 * MiB);
+    if (kind < 0.4) continue; // zero extent
+    for (let i = off; i < end; i += 4) img.writeUInt32LE(kind < 0.7 ? 0x61626364 + (i % 7) : Math.floor(next() * 0xffffffff), i);
+  }
+  writeFileSync(path, img);
+  return img;
+}
+
+function enableLocally(stateDir: string, vmId: string, disks: { path: string; size: number }[]): void {
+  saveVmState(stateDir, {
+    version: 1,
+    vmId,
+    apiUrl: 'http://127.0.0.1:7071',
+    keyId: 1,
+    dataKey: Buffer.alloc(32, 1).toString('base64'),
+    agentToken: 't',
+    enabledAt: new Date().toISOString(),
+    nextTagId: 1,
+    disks: disks.map((d, i) => ({ diskId: `disk${i}`, path: d.path, sizeBytes: d.size, epoch: 1, initialCoveredBytes: 0, initialComplete: false, journal: {} })),
+  });
+}
+
+describe('MobilityAgent', () => {
+  it('copies two disks, tags both with one tagId, and a rescan after changes sends only the changed blocks', async () => {
+    const stateDir = join(dir, 's1');
+    const a = join(dir, 'a.img');
+    const b = join(dir, 'b.img');
+    const imgA = diskImage(a, 40 * MiB + 512 * 3, 1);
+    const imgB = diskImage(b, 12 * MiB, 2);
+    enableLocally(stateDir, 'vm1', [{ path: a, size: imgA.length }, { path: b, size: imgB.length }]);
+    const sink = new ModelSink();
+    const agent = new MobilityAgent(stateDir, 'vm1', sink);
+    const r = await agent.pass({ tag: 'crash-consistent' });
+    expect(sink.models.get('disk0')!.equals(imgA)).toBe(true);
+    expect(sink.models.get('disk1')!.equals(imgB)).toBe(true);
+    for (const diskId of ['disk0', 'disk1']) {
+      const mine = sink.batches.filter((m) => m.diskId === diskId);
+      const last = mine[mine.length - 1]!;
+      expect(last.consistency).toEqual({ kind: 'crash-consistent', tagId: 1 });
+      expect(last.initialReplicationComplete).toBe(true);
+      expect(mine.slice(0, -1).every((m) => !m.initialReplicationComplete && !m.consistency)).toBe(true);
+      expect(mine.map((m) => m.initialCoveredBytes)).toEqual([...mine.map((m) => m.initialCoveredBytes!)].sort((x, y) => x - y));
+    }
+    expect(r.disks[0]!.dataBytes + r.disks[0]!.zeroBytes).toBe(imgA.length);
+    agent.close();
+
+    // change 3 bytes in two places and zero one 64 KiB block, on disk0 only
+    const changed = Buffer.from(imgA);
+    changed[5 * MiB + 10] = (changed[5 * MiB + 10]! + 1) % 256;
+    changed[33 * MiB] = (changed[33 * MiB]! + 1) % 256;
+    changed.fill(0, 20 * MiB, 20 * MiB + 65536);
+    writeFileSync(a, changed);
+    const sink2 = sink;
+    sink2.dataBytes = 0;
+    const again = new MobilityAgent(stateDir, 'vm1', sink2);
+    const r2 = await again.pass({ tag: 'crash-consistent' });
+    again.close();
+    expect(sink.models.get('disk0')!.equals(changed)).toBe(true);
+    expect(r2.tagId).toBe(2);
+    const zeroBlockWasData = !imgA.subarray(20 * MiB, 20 * MiB + 65536).equals(Buffer.alloc(65536));
+    expect(r2.disks[0]!.zeroBytes).toBe(zeroBlockWasData ? 65536 : 0);
+    expect(r2.disks[0]!.dataBytes).toBeLessThanOrEqual(2 * 65536);
+    expect(r2.disks[1]).toMatchObject({ dataBytes: 0, zeroBytes: 0, batches: 1, records: 0 });
+  });
+
+  it('resumes an interrupted initial copy where it stopped, without a gap in sequence numbers', async () => {
+    const stateDir = join(dir, 's2');
+    const a = join(dir, 'c.img');
+    const img = diskImage(a, 64 * MiB, 3);
+    for (let off = 0; off < img.length; off += 4 * MiB) img.writeUInt32LE(off + 1, off); // no zero extents: many batches
+    writeFileSync(a, img);
+    enableLocally(stateDir, 'vm2', [{ path: a, size: img.length }]);
+    const sink = new ModelSink();
+    sink.failAt = 4;
+    const agent = new MobilityAgent(stateDir, 'vm2', sink, { checkpointMs: 0 });
+    await expect(agent.pass({ tag: 'crash-consistent' })).rejects.toThrow('sink down');
+    agent.close();
+    const covered = loadVmState(stateDir, 'vm2').disks[0]!.initialCoveredBytes;
+    expect(covered).toBeGreaterThan(0);
+    expect(covered).toBeLessThan(img.length);
+    delete sink.failAt;
+    const resumed = new MobilityAgent(stateDir, 'vm2', sink, { checkpointMs: 0 });
+    const r = await resumed.pass({ tag: 'crash-consistent' });
+    resumed.close();
+    expect(r.disks[0]!.firstSequence).toBe(5);
+    expect(r.disks[0]!.scannedBytes).toBe(img.length - covered);
+    expect(sink.models.get('disk0')!.equals(img)).toBe(true);
+    expect(loadVmState(stateDir, 'vm2').disks[0]!.initialComplete).toBe(true);
+  });
+});

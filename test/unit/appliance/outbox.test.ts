@@ -1,0 +1,109 @@
+/**
+ * The outbox (offline cache): each disk's messages leave in sequence order whatever order
+ * batches are spooled or staged in; an unreachable cloud keeps them spooled and retried; a
+ * restart resumes from the files; producers pause when the cache is full.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { sealBatch } from '../../../shared/codec/batch';
+import { Outbox, type CloudTransport } from '../../../local/appliance/outbox';
+import { waitFor } from '../../support/wait';
+
+const dir = mkdtempSync(join(tmpdir(), 'ferry-outbox-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const key = Buffer.alloc(32, 3);
+
+function sealed(diskId: string, seq: number, bytes = 1024): Buffer {
+  return sealBatch({ vmId: 'vm', diskId, epoch: 1, sequence: seq, capturedAt: 1, diskSizeBytes: 1024 * 1024, records: [{ kind: 'data', offset: 0, data: randomBytes(bytes) }] }, key, 1, randomBytes, { codec: 'none' });
+}
+
+class FakeTransport implements CloudTransport {
+  sent: { sessionId: string; seq: number }[] = [];
+  staged: string[] = [];
+  down = false;
+  async stage(_c: string, name: string): Promise<void> {
+    await new Promise((r) => setTimeout(r, Math.random() * 5));
+    if (this.down) throw new Error('storage down');
+    this.staged.push(name);
+  }
+  async send(m: { body: unknown; sessionId: string }): Promise<void> {
+    if (this.down) throw new Error('service bus down');
+    this.sent.push({ sessionId: m.sessionId, seq: (m.body as { seq: number }).seq });
+  }
+  async close(): Promise<void> {}
+}
+
+describe('Outbox', () => {
+  it('sends each disk in sequence order though batches arrive out of order; staged ones too', async () => {
+    const t = new FakeTransport();
+    const box = new Outbox(join(dir, 'a'), t, { threads: 4, maxBytes: 1e9 });
+    const order = [3, 1, 2, 5, 4, 6];
+    for (const seq of order) {
+      box.put('disk0', 1, seq, sealed('disk0', seq, seq % 2 ? 200 * 1024 : 1024)); // odd ones are staged (> 96 KiB)
+      box.put('disk1', 1, seq, sealed('disk1', seq));
+    }
+    await box.idle();
+    for (const disk of ['disk0', 'disk1']) expect(t.sent.filter((s) => s.sessionId === `vm/${disk}`).map((s) => s.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(t.staged).toHaveLength(3);
+    expect(readdirSync(join(dir, 'a', 'disk0'))).toEqual([]);
+    expect(box.acceptedThrough('disk0', 1)).toBe(6);
+    box.close();
+  });
+
+  it('holds back everything after a missing sequence', async () => {
+    const t = new FakeTransport();
+    const box = new Outbox(join(dir, 'b'), t, { threads: 2, maxBytes: 1e9 });
+    box.put('disk0', 1, 1, sealed('disk0', 1));
+    box.put('disk0', 1, 3, sealed('disk0', 3));
+    await waitFor(() => t.sent.length === 1, 'seq 1 sent');
+    expect(box.acceptedThrough('disk0', 1)).toBe(1);
+    box.put('disk0', 1, 2, sealed('disk0', 2));
+    await box.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3]);
+    box.close();
+  });
+
+  it('keeps batches spooled while the cloud is down, resumes after a restart, and drains in order', async () => {
+    const t = new FakeTransport();
+    t.down = true;
+    const path = join(dir, 'c');
+    const box = new Outbox(path, t, { threads: 2, maxBytes: 1e9 });
+    for (let seq = 1; seq <= 5; seq++) box.put('disk0', 1, seq, sealed('disk0', seq, seq === 2 ? 200 * 1024 : 1024));
+    await waitFor(() => box.stats.retries > 0, 'a failed attempt');
+    expect(box.stats.offline).toBe(true);
+    expect(box.acceptedThrough('disk0', 1)).toBe(5);
+    box.close(); // the process server stops with everything still spooled
+    expect(readdirSync(join(path, 'disk0'))).toHaveLength(5);
+
+    t.down = false;
+    const again = new Outbox(path, t, { threads: 2, maxBytes: 1e9 });
+    expect(again.acceptedThrough('disk0', 1)).toBe(5);
+    await again.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3, 4, 5]);
+    again.close();
+    const third = new Outbox(path, t, { threads: 2, maxBytes: 1e9 });
+    expect(third.acceptedThrough('disk0', 1)).toBe(5); // from sent.json once the files are gone
+    third.close();
+  });
+
+  it('makes producers wait while the cache is full instead of dropping', async () => {
+    const t = new FakeTransport();
+    t.down = true;
+    const box = new Outbox(join(dir, 'd'), t, { threads: 1, maxBytes: 3000 });
+    box.put('disk0', 1, 1, sealed('disk0', 1, 2048));
+    box.put('disk0', 1, 2, sealed('disk0', 2, 2048));
+    let roomy = false;
+    const wait = box.waitForRoom().then(() => (roomy = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(roomy).toBe(false);
+    t.down = false;
+    await wait;
+    expect(roomy).toBe(true);
+    await box.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2]);
+    box.close();
+  });
+});
