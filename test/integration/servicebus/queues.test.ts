@@ -24,6 +24,7 @@ const q = {
   compete: uniqueName('compete'),
   mgmt: uniqueName('mgmt'),
   drain: uniqueName('drain'),
+  large: uniqueName('large'),
 };
 
 let h: Harness;
@@ -47,6 +48,7 @@ beforeAll(async () => {
     { Name: q.compete },
     { Name: q.mgmt },
     { Name: q.drain },
+    { Name: q.large },
   ]));
 });
 
@@ -99,6 +101,21 @@ describe('sending', () => {
     const seqs = got.map((m) => m.sequenceNumber!.toNumber());
     expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
     for (const m of got) expect(m.messageId).toBeTruthy();
+    await receiver.close();
+    await sender.close();
+  });
+
+  it('delivers large bodies intact, on the link and through $management', async () => {
+    const sender = h.client.createSender(q.large);
+    const bodies = [150 * 1024, 200 * 1024, 250 * 1024].map((n, i) => Buffer.alloc(n, i + 1).fill(0xee, n - 10));
+    for (const body of bodies) await sender.sendMessages({ body });
+    const receiver = h.client.createReceiver(q.large);
+    const first = (await receiver.peekMessages(1))[0]!;
+    const peeked = await receiver.peekMessages(3, { fromSequenceNumber: first.sequenceNumber! });
+    expect(peeked.map((m) => Buffer.compare(m.body as Buffer, bodies[peeked.indexOf(m)]!))).toEqual([0, 0, 0]);
+    const got = await receiveAll(receiver, 3);
+    expect(got.map((m, i) => Buffer.compare(m.body as Buffer, bodies[i]!))).toEqual([0, 0, 0]);
+    for (const m of got) await receiver.completeMessage(m);
     await receiver.close();
     await sender.close();
   });
