@@ -10,6 +10,8 @@
  *   disk.blocks-staged     a segment's blocks staged, its block list not committed
  *   disk.segment-committed one segment committed, the batch's other segments not yet
  *   apply.disk-written     every segment written, applied sequence not recorded
+ *   capture.snapshotted    (tagged batches) changed segments snapshotted, capture manifest not written
+ *   apply.captured         (tagged batches) capture manifest and row written, sequence not recorded
  *   apply.recorded         applied sequence recorded, VM state and staging blob not updated
  *   apply.done             everything done but the message not yet completed
  */
@@ -19,6 +21,8 @@ export type FaultPoint =
   | 'disk.blocks-staged'
   | 'disk.segment-committed'
   | 'apply.disk-written'
+  | 'capture.snapshotted'
+  | 'apply.captured'
   | 'apply.recorded'
   | 'apply.done';
 

@@ -6,10 +6,12 @@
  */
 import { RestError, TableClient, type TableEntity, type TableEntityResult } from '@azure/data-tables';
 import { DEFAULT_POLICY, replicationPolicySchema } from '../domain/policy';
+import type { CaptureRecord } from '../domain/recovery-points';
 import { isVmState } from '../domain/state-machine';
 import {
   StateStoreError,
   type DiskRecord,
+  type OperationRecord,
   type StateStore,
   type VmRecord,
   type VmWithDisks,
@@ -20,6 +22,11 @@ export const STATE_TABLE = 'ferrystate';
 const VM_ROW = 'vm';
 const DISK_PREFIX = 'disk:';
 const KEY_PREFIX = 'key:';
+const CAPTURE_PREFIX = 'cap:';
+const OP_PREFIX = 'op:';
+/** The rows getVm needs: the VM and its disks (not its captures, keys or operations). */
+const VM_AND_DISKS = `RowKey eq '${VM_ROW}' or (RowKey ge '${DISK_PREFIX}' and RowKey lt 'disk;')`;
+const captureRow = (tagId: number, diskId: string): string => `${CAPTURE_PREFIX}${String(tagId).padStart(16, '0')}:${diskId}`;
 
 type Row = TableEntityResult<Record<string, unknown>>;
 
@@ -52,6 +59,7 @@ function vmToEntity(vm: VmRecord): TableEntity {
     deadLetteredCount: vm.deadLetteredCount,
     recentIssues: JSON.stringify(vm.recentIssues),
     lastHealth: vm.lastHealth ? JSON.stringify(vm.lastHealth) : '',
+    activeOperationId: vm.activeOperationId ?? '',
   };
 }
 
@@ -68,6 +76,7 @@ function vmFromEntity(e: Row): VmRecord {
     deadLetteredCount: num(e.deadLetteredCount),
     recentIssues: JSON.parse(String(e.recentIssues ?? '[]')) as VmRecord['recentIssues'],
     ...(typeof e.lastHealth === 'string' && e.lastHealth ? { lastHealth: JSON.parse(e.lastHealth) as NonNullable<VmRecord['lastHealth']> } : {}),
+    ...(typeof e.activeOperationId === 'string' && e.activeOperationId ? { activeOperationId: e.activeOperationId } : {}),
     etag: e.etag,
   };
 }
@@ -134,11 +143,11 @@ export class TableStateStore implements StateStore {
     }
   }
 
-  private async partition(vmId: string): Promise<Row[]> {
+  private async partition(vmId: string, rowFilter?: string): Promise<Row[]> {
     await this.ensureTable();
     const rows: Row[] = [];
     try {
-      const filter = `PartitionKey eq '${vmId.replace(/'/g, "''")}'`;
+      const filter = `PartitionKey eq '${vmId.replace(/'/g, "''")}'${rowFilter ? ` and (${rowFilter})` : ''}`;
       for await (const e of this.table.listEntities<Record<string, unknown>>({ queryOptions: { filter } })) rows.push(e);
     } catch (err) {
       throw wrap(err, `reading VM '${vmId}'`);
@@ -147,7 +156,7 @@ export class TableStateStore implements StateStore {
   }
 
   async getVm(vmId: string): Promise<VmWithDisks | undefined> {
-    const rows = await this.partition(vmId);
+    const rows = await this.partition(vmId, VM_AND_DISKS);
     const vmRow = rows.find((r) => r.rowKey === VM_ROW);
     if (!vmRow) return undefined;
     return { vm: vmFromEntity(vmRow), disks: rows.filter((r) => r.rowKey?.startsWith(DISK_PREFIX)).map(diskFromEntity) };
@@ -157,7 +166,7 @@ export class TableStateStore implements StateStore {
     await this.ensureTable();
     const byVm = new Map<string, { vm?: VmRecord; disks: DiskRecord[] }>();
     try {
-      const filter = `RowKey eq '${VM_ROW}' or (RowKey ge '${DISK_PREFIX}' and RowKey lt 'disk;')`;
+      const filter = VM_AND_DISKS;
       for await (const e of this.table.listEntities<Record<string, unknown>>({ queryOptions: { filter } })) {
         const entry = byVm.get(e.partitionKey ?? '') ?? { disks: [] };
         if (e.rowKey === VM_ROW) entry.vm = vmFromEntity(e);
@@ -223,5 +232,94 @@ export class TableStateStore implements StateStore {
         if (statusOf(err) !== 404) throw wrap(err, `deleting VM '${vmId}'`);
       }
     }
+  }
+
+  async putCapture(c: CaptureRecord): Promise<void> {
+    await this.put(
+      {
+        partitionKey: c.vmId,
+        rowKey: captureRow(c.tagId, c.diskId),
+        diskId: c.diskId,
+        tagId: c.tagId,
+        kind: c.kind,
+        capturedAt: c.capturedAt,
+        createdAt: c.createdAt,
+        sizeBytes: c.sizeBytes,
+        epoch: c.epoch,
+        sequence: c.sequence,
+      },
+      undefined,
+      `capture of '${c.vmId}/${c.diskId}' at tag ${c.tagId}`,
+    );
+  }
+
+  async listCaptures(vmId: string): Promise<CaptureRecord[]> {
+    const rows = await this.partition(vmId, `RowKey ge '${CAPTURE_PREFIX}' and RowKey lt 'cap;'`);
+    return rows.map((e) => ({
+      vmId,
+      diskId: String(e.diskId ?? ''),
+      tagId: num(e.tagId),
+      kind: e.kind === 'app-consistent' ? 'app-consistent' : 'crash-consistent',
+      capturedAt: num(e.capturedAt),
+      createdAt: num(e.createdAt),
+      sizeBytes: num(e.sizeBytes),
+      epoch: num(e.epoch),
+      sequence: num(e.sequence),
+    }));
+  }
+
+  async deleteCapture(vmId: string, diskId: string, tagId: number): Promise<void> {
+    await this.ensureTable();
+    try {
+      await this.table.deleteEntity(vmId, captureRow(tagId, diskId));
+    } catch (err) {
+      if (statusOf(err) !== 404) throw wrap(err, `deleting capture '${vmId}/${diskId}' at tag ${tagId}`);
+    }
+  }
+
+  async putOperation(op: OperationRecord): Promise<string> {
+    const entity: TableEntity = {
+      partitionKey: op.vmId,
+      rowKey: OP_PREFIX + op.operationId,
+      type: op.type,
+      status: op.status,
+      tagId: op.tagId ?? -1,
+      createdAt: op.createdAt,
+      updatedAt: op.updatedAt,
+      disks: JSON.stringify(op.disks),
+      error: op.error ? JSON.stringify(op.error) : '',
+    };
+    const what = `operation '${op.operationId}' of VM '${op.vmId}'`;
+    if (op.etag) return this.put(entity, op.etag, what);
+    await this.ensureTable();
+    try {
+      return (await this.table.createEntity(entity)).etag ?? '';
+    } catch (err) {
+      throw wrap(err, what);
+    }
+  }
+
+  async getOperation(vmId: string, operationId: string): Promise<OperationRecord | undefined> {
+    await this.ensureTable();
+    let e: Row;
+    try {
+      e = await this.table.getEntity<Record<string, unknown>>(vmId, OP_PREFIX + operationId);
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw wrap(err, `reading operation '${operationId}' of VM '${vmId}'`);
+    }
+    const tagId = num(e.tagId);
+    return {
+      vmId,
+      operationId,
+      type: e.type as OperationRecord['type'],
+      status: e.status as OperationRecord['status'],
+      ...(tagId > 0 ? { tagId } : {}),
+      createdAt: num(e.createdAt),
+      updatedAt: num(e.updatedAt),
+      disks: JSON.parse(String(e.disks || '[]')) as OperationRecord['disks'],
+      ...(typeof e.error === 'string' && e.error ? { error: JSON.parse(e.error) as NonNullable<OperationRecord['error']> } : {}),
+      etag: e.etag,
+    };
   }
 }

@@ -4,7 +4,12 @@
  * of the port conformance suites; never used in production.
  */
 import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
-import { StateStoreError, type DiskRecord, type StateStore, type VmRecord, type VmWithDisks, type WrappedKeyRecord } from '../ports/state-store';
+import type { CapturedExtent, CaptureStats, CaptureStore } from '../ports/capture-store';
+import { StateStoreError, type DiskRecord, type OperationRecord, type StateStore, type VmRecord, type VmWithDisks, type WrappedKeyRecord } from '../ports/state-store';
+import type { VhdContainer, VhdStore, VhdTarget } from '../ports/vhd-store';
+import { MAX_PAGE_WRITE_BYTES } from '../ports/vhd-store';
+import type { CaptureRecord } from '../domain/recovery-points';
+import { contentBlockId, extentCount, extentRange, zeroBlockId } from '../domain/extents';
 import type { StagedBlobInfo, StagingStore } from '../ports/staging-store';
 import type { BatchRecord } from '../domain/wire-format';
 
@@ -14,6 +19,8 @@ export class MemoryStateStore implements StateStore {
   private readonly vms = new Map<string, VmRecord>();
   private readonly disks = new Map<string, Map<string, DiskRecord>>();
   private readonly keys = new Map<string, WrappedKeyRecord>();
+  private readonly captures = new Map<string, CaptureRecord>();
+  private readonly operations = new Map<string, OperationRecord>();
   private etags = 0;
   private nextEtag(): string {
     return `W/"${++this.etags}"`;
@@ -63,6 +70,30 @@ export class MemoryStateStore implements StateStore {
     this.vms.delete(vmId);
     this.disks.delete(vmId);
     for (const k of [...this.keys.keys()]) if (k.startsWith(`${vmId}:`)) this.keys.delete(k);
+    for (const k of [...this.captures.keys()]) if (k.startsWith(`${vmId}:`)) this.captures.delete(k);
+    for (const k of [...this.operations.keys()]) if (k.startsWith(`${vmId}:`)) this.operations.delete(k);
+  }
+  async putCapture(c: CaptureRecord): Promise<void> {
+    this.captures.set(`${c.vmId}:${c.tagId}:${c.diskId}`, clone(c));
+  }
+  async listCaptures(vmId: string): Promise<CaptureRecord[]> {
+    return [...this.captures.values()].filter((c) => c.vmId === vmId).map(clone);
+  }
+  async deleteCapture(vmId: string, diskId: string, tagId: number): Promise<void> {
+    this.captures.delete(`${vmId}:${tagId}:${diskId}`);
+  }
+  async putOperation(op: OperationRecord): Promise<string> {
+    const id = `${op.vmId}:${op.operationId}`;
+    const cur = this.operations.get(id);
+    if (op.etag === undefined && cur) throw new StateStoreError('ALREADY_EXISTS', `operation '${op.operationId}': already exists.`);
+    if (op.etag !== undefined && cur?.etag !== op.etag) throw new StateStoreError(cur ? 'CONFLICT' : 'NOT_FOUND', `operation '${op.operationId}': changed meanwhile.`);
+    const etag = this.nextEtag();
+    this.operations.set(id, { ...clone(op), etag });
+    return etag;
+  }
+  async getOperation(vmId: string, operationId: string): Promise<OperationRecord | undefined> {
+    const op = this.operations.get(`${vmId}:${operationId}`);
+    return op ? clone(op) : undefined;
   }
 }
 
@@ -117,5 +148,82 @@ export class MemoryStagingStore implements StagingStore {
   }
   async *list(prefix = ''): AsyncIterable<StagedBlobInfo> {
     for (const [name, b] of this.blobs) if (name.startsWith(prefix)) yield { name, lastModified: b.lastModified };
+  }
+}
+
+/** Captures as full copies of a MemoryDiskStore's disks (the Azure one shares unchanged segments). */
+export class MemoryCaptureStore implements CaptureStore {
+  readonly captures = new Map<string, Buffer>();
+  collected = 0;
+  constructor(private readonly disks: MemoryDiskStore) {}
+  private key(d: DiskRef, tagId: number): string {
+    return `${d.vmId}/${d.diskId}@${tagId}`;
+  }
+  private get(d: DiskRef, tagId: number): Buffer {
+    const c = this.captures.get(this.key(d, tagId));
+    if (!c) throw new DiskStoreError('CAPTURE_NOT_FOUND', `Disk ${d.vmId}/${d.diskId} has no capture at tag ${tagId}.`, false);
+    return c;
+  }
+  async capture(disk: DiskRef, sizeBytes: number, tagId: number): Promise<CaptureStats> {
+    if (this.captures.has(this.key(disk, tagId))) return { alreadyCaptured: true, segmentsSnapshotted: 0, segmentsReused: 0 };
+    const content = this.disks.contents.get(`${disk.vmId}/${disk.diskId}`) ?? Buffer.alloc(sizeBytes);
+    this.captures.set(this.key(disk, tagId), Buffer.from(content));
+    return { alreadyCaptured: false, segmentsSnapshotted: 1, segmentsReused: 0 };
+  }
+  async hasCapture(disk: DiskRef, tagId: number): Promise<boolean> {
+    return this.captures.has(this.key(disk, tagId));
+  }
+  async extents(disk: DiskRef, sizeBytes: number, tagId: number): Promise<CapturedExtent[]> {
+    const c = this.get(disk, tagId);
+    return Array.from({ length: extentCount(sizeBytes) }, (_, i) => {
+      const { offset, length } = extentRange(i, sizeBytes);
+      const blockId = contentBlockId(c.subarray(offset, offset + length));
+      return { extentIndex: i, blockId, zero: blockId === zeroBlockId(length) };
+    });
+  }
+  async readExtent(disk: DiskRef, sizeBytes: number, tagId: number, extentIndex: number): Promise<Buffer> {
+    const { offset, length } = extentRange(extentIndex, sizeBytes);
+    return Buffer.from(this.get(disk, tagId).subarray(offset, offset + length));
+  }
+  async deleteCapture(disk: DiskRef, tagId: number): Promise<void> {
+    this.captures.delete(this.key(disk, tagId));
+  }
+  async collectGarbage(): Promise<{ deleted: number }> {
+    this.collected++;
+    return { deleted: 0 };
+  }
+}
+
+export class MemoryVhdStore implements VhdStore {
+  readonly blobs = new Map<string, Buffer>();
+  /** Page writes, for "only non-zero ranges, at most 4 MiB each" checks. */
+  readonly pageWrites: { name: string; offset: number; length: number }[] = [];
+  private key(t: VhdTarget): string {
+    return `${t.container}/${t.name}`;
+  }
+  async create(target: VhdTarget, totalBytes: number): Promise<void> {
+    if (this.blobs.get(this.key(target))?.length !== totalBytes) this.blobs.set(this.key(target), Buffer.alloc(totalBytes));
+  }
+  async writePages(target: VhdTarget, offset: number, data: Uint8Array): Promise<void> {
+    const blob = this.blobs.get(this.key(target));
+    if (!blob) throw new Error(`No page blob ${this.key(target)}.`);
+    if (offset % 512 !== 0 || data.length % 512 !== 0 || data.length > MAX_PAGE_WRITE_BYTES || offset + data.length > blob.length) {
+      throw new Error(`Bad page write of ${data.length} bytes at ${offset} to ${this.key(target)}.`);
+    }
+    blob.set(data, offset);
+    this.pageWrites.push({ name: this.key(target), offset, length: data.length });
+  }
+  url(target: VhdTarget): string {
+    return `memory://${this.key(target)}`;
+  }
+  async deletePrefix(container: VhdContainer, prefix: string): Promise<{ deleted: number }> {
+    let deleted = 0;
+    for (const k of [...this.blobs.keys()]) {
+      if (k.startsWith(`${container}/${prefix}`)) {
+        this.blobs.delete(k);
+        deleted++;
+      }
+    }
+    return { deleted };
   }
 }

@@ -45,7 +45,7 @@ export interface DiskStore {
   delete(disk: DiskRef): Promise<void>;
 }
 
-export type DiskStoreErrorCode = 'CONCURRENT_WRITE' | 'STORAGE_UNAVAILABLE' | 'OUT_OF_BOUNDS' | 'INVALID_RECORDS';
+export type DiskStoreErrorCode = 'CONCURRENT_WRITE' | 'STORAGE_UNAVAILABLE' | 'OUT_OF_BOUNDS' | 'INVALID_RECORDS' | 'CAPTURE_NOT_FOUND';
 
 export class DiskStoreError extends Error {
   override readonly name = 'DiskStoreError';

@@ -12,6 +12,7 @@
  * (one transaction) and fails with `ALREADY_EXISTS` if the VM row exists.
  */
 import type { ReplicationPolicy } from '../domain/policy';
+import type { CaptureRecord } from '../domain/recovery-points';
 import type { VmState } from '../domain/state-machine';
 
 export interface HealthIssueRecord {
@@ -35,6 +36,8 @@ export interface VmRecord {
   recentIssues: HealthIssueRecord[];
   /** Health as the monitor last saw it (for transitions and cheap listing); absent before. */
   lastHealth?: { health: string; codes: string[]; rpoSeconds: number | null; at: number };
+  /** The operation (test-migrate, cleanup, migrate) running on this VM; at most one at a time. */
+  activeOperationId?: string;
   etag?: string;
 }
 
@@ -66,6 +69,33 @@ export interface WrappedKeyRecord {
   createdAt: number;
 }
 
+export type OperationType = 'test-migrate' | 'test-migrate-cleanup' | 'migrate';
+export type OperationStatus = 'running' | 'succeeded' | 'failed';
+
+export interface OperationDiskResult {
+  diskId: string;
+  /** Blob URL of the fixed VHD, without any SAS or key. */
+  vhdUrl: string;
+  /** The VHD's data bytes (its virtual size): the disk size rounded up to a MiB, at least 20 MiB. */
+  sizeBytes: number;
+}
+
+/** One long-running operation (row `op:<operationId>` in the VM's partition). */
+export interface OperationRecord {
+  vmId: string;
+  operationId: string;
+  type: OperationType;
+  status: OperationStatus;
+  /** The recovery point tag it reads (test-migrate, migrate). */
+  tagId?: number;
+  createdAt: number;
+  updatedAt: number;
+  /** Disks finished so far (all of them once succeeded), in disk order. */
+  disks: OperationDiskResult[];
+  error?: { code: string; message: string };
+  etag?: string;
+}
+
 export interface VmWithDisks {
   vm: VmRecord;
   disks: DiskRecord[];
@@ -80,8 +110,19 @@ export interface StateStore {
   /** Replaces the VM row; with `vm.etag` set, only if unchanged since read. Returns the new etag. */
   putVm(vm: VmRecord): Promise<string>;
   putDisk(disk: DiskRecord): Promise<string>;
-  /** Deletes the VM, its disks and its keys. Idempotent. */
+  /** Deletes the VM, its disks, its keys, captures and operations. Idempotent. */
   deleteVm(vmId: string): Promise<void>;
+
+  /** Records a disk's capture at a consistency tag (row `cap:<tagId>:<diskId>`); idempotent upsert. */
+  putCapture(capture: CaptureRecord): Promise<void>;
+  /** Every capture of the VM, any order. */
+  listCaptures(vmId: string): Promise<CaptureRecord[]>;
+  /** Idempotent. */
+  deleteCapture(vmId: string, diskId: string, tagId: number): Promise<void>;
+
+  /** Creates (no etag: fails ALREADY_EXISTS if present) or replaces under its etag. Returns the new etag. */
+  putOperation(op: OperationRecord): Promise<string>;
+  getOperation(vmId: string, operationId: string): Promise<OperationRecord | undefined>;
 }
 
 export type StateStoreErrorCode = 'CONFLICT' | 'ALREADY_EXISTS' | 'NOT_FOUND' | 'STORAGE_UNAVAILABLE';

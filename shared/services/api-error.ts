@@ -12,6 +12,10 @@ export type ApiErrorCode =
   | 'VM_NOT_FOUND'
   | 'ALREADY_ENABLED'
   | 'INVALID_TRANSITION'
+  | 'RECOVERY_POINT_NOT_FOUND'
+  | 'NO_RECOVERY_POINT'
+  | 'OPERATION_IN_PROGRESS'
+  | 'OPERATION_NOT_FOUND'
   | 'PAYLOAD_TOO_LARGE'
   | 'STORAGE_UNAVAILABLE'
   | 'INTERNAL';
@@ -23,6 +27,10 @@ const STATUS: Readonly<Record<ApiErrorCode, number>> = {
   VM_NOT_FOUND: 404,
   ALREADY_ENABLED: 409,
   INVALID_TRANSITION: 409,
+  RECOVERY_POINT_NOT_FOUND: 404,
+  NO_RECOVERY_POINT: 409,
+  OPERATION_IN_PROGRESS: 409,
+  OPERATION_NOT_FOUND: 404,
   PAYLOAD_TOO_LARGE: 413,
   STORAGE_UNAVAILABLE: 503,
   INTERNAL: 500,
@@ -68,6 +76,14 @@ export const apiErrors = {
   alreadyEnabled: (vmId: string, state: string) =>
     new ApiError('ALREADY_ENABLED', `Replication of VM '${vmId}' is already enabled (state '${state}'); disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`),
   invalidTransition: (message: string) => new ApiError('INVALID_TRANSITION', message),
+  recoveryPointNotFound: (vmId: string, id: string) =>
+    new ApiError('RECOVERY_POINT_NOT_FOUND', `VM '${vmId}' has no recovery point '${id}' (it may have expired under the retention policy); list them with GET /api/vms/${vmId}/recovery-points, or omit recoveryPointId to use the latest.`),
+  noRecoveryPoint: (vmId: string, state: string) =>
+    new ApiError('NO_RECOVERY_POINT', `VM '${vmId}' (state '${state}') has no recovery point yet: one exists once every disk has applied a batch carrying the same consistency tag after its initial copy. Run a replication pass that ends with a tag (ferry replicate --once) and retry.`),
+  operationInProgress: (vmId: string, state: string, operationId: string) =>
+    new ApiError('OPERATION_IN_PROGRESS', `VM '${vmId}' (state '${state}') is already running operation '${operationId}'; wait for it to finish (GET /api/vms/${vmId}/operations/${operationId}) and retry.`),
+  operationNotFound: (vmId: string, operationId: string) =>
+    new ApiError('OPERATION_NOT_FOUND', `VM '${vmId}' has no operation '${operationId}'; use the operationId returned by test-migrate, test-migrate-cleanup or migrate.`),
   tooLarge: (limit: number) => new ApiError('PAYLOAD_TOO_LARGE', `The request body is larger than ${limit} bytes; send a smaller body.`),
   unavailable: (what: string, cause: unknown) => new ApiError('STORAGE_UNAVAILABLE', `${what}: storage is unavailable right now; retry shortly.`, { cause }),
 };

@@ -23,10 +23,12 @@ import { acceptsBatches, transition } from '../domain/state-machine';
 import { isWireFormatError } from '../domain/wire-format-error';
 import type { DecodedBatch } from '../domain/wire-format';
 import { isDiskStoreError, type ApplyStats } from '../ports/disk-store';
+import type { CaptureStore } from '../ports/capture-store';
 import { isStateStoreError, type DiskRecord, type VmRecord } from '../ports/state-store';
 import type { StagingStore } from '../ports/staging-store';
 import type { ReplicationDeps } from './deps';
 import { faultPoint } from '../faults';
+import { captureAtTag } from './recovery-points';
 import { updateVmWithRetry } from './vms';
 
 export type DeadLetterReason =
@@ -47,6 +49,8 @@ export type ApplyOutcome =
 
 export interface ApplyDeps extends ReplicationDeps {
   staging: StagingStore;
+  /** Recovery points at consistency tags (services/recovery-points.ts); absent: tags are ignored. */
+  captures?: CaptureStore;
 }
 
 /** Issues kept on the VM row for its health (newest last). */
@@ -94,7 +98,11 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
   const found = await deps.state.getVm(vmId);
   if (!found) return deadLetter('UnknownVm', `Batch for ${where}: no such VM is replicating; enable replication first.`, env);
   if (!acceptsBatches(found.vm.state)) {
-    return deadLetter('VmNotReplicating', `Batch for ${where}: the VM is in state '${found.vm.state}' and takes no more batches.`, env);
+    const why =
+      found.vm.state === 'migrated'
+        ? 'VM was migrated to Azure (state \'migrated\'): replication has stopped and no more batches are applied. Stop the appliance for this VM'
+        : `VM is in state '${found.vm.state}' and takes no more batches. Enable replication again (POST /api/vms/${vmId}/enable-replication) or stop the appliance for this VM`;
+    return deadLetter('VmNotReplicating', `Batch for ${where}: the ${why}.`, env);
   }
   const disk = found.disks.find((d) => d.diskId === diskId);
   if (!disk) return deadLetter('UnknownDisk', `Batch for ${where}: the VM has no disk '${diskId}' (it has ${found.disks.map((d) => d.diskId).join(', ')}).`, env);
@@ -160,6 +168,12 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
   }
 
   faultPoint('apply.disk-written');
+  if (batch.header.consistency && deps.captures) {
+    // The disk is now exactly as of this tagged batch, and no later batch of this disk can be
+    // applied before its sequence is recorded below: capture it here.
+    await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, disk, batch.header);
+    faultPoint('apply.captured');
+  }
   const vmState = await recordApplied(deps, found.vm, disk, batch);
   faultPoint('apply.recorded');
   await deleteStaged(deps, env);
