@@ -16,16 +16,16 @@ import { rhea as amqp } from './rhea';
 import type { Logger } from 'pino';
 import type { NamespaceConfig } from './config';
 import {
-  BATCH_FORMAT, bytesToUuid, decodeBatchEnvelope, longToNumber, parseMessage, toDotNetGuidBytes, toDotNetTicks,
+  BATCH_FORMAT, decodeBatchEnvelope, longToNumber, parseMessage, toDotNetGuidBytes, toDotNetTicks,
   uuidToBytes, type ParsedMessage,
 } from './encoding';
-import { BrokerError, isBrokerError } from './errors';
+import { BrokerError, errorCondition, isBrokerError } from './errors';
+import { handleManagementRequest } from './management';
+import { RAW_FORMAT, completeDrain, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
 import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions } from './queue';
 import { audienceCovers, verifySasToken, type SharedAccessKey } from './sas';
 import type { MessageStore } from './store';
 
-/** Marks transfers rhea must hand over undecoded (its decoder would strip AMQP types). */
-const RAW_FORMAT = 0x7fff_fff0;
 /** Link credit granted to a sender link: bounds the bytes in flight per link. */
 const SENDER_CREDIT_WINDOW = 100;
 const DEFAULT_ACCEPT_SESSION_TIMEOUT_MS = 60_000;
@@ -60,113 +60,6 @@ type IncomingRole =
   | { kind: 'management'; entity: Entity }
   | { kind: 'send'; targets: Entity[]; maxBytes: number; requiresSession: boolean; spaceFn: () => void };
 
-// rhea internals used here (not in its typings).
-interface RawDelivery extends rhea.Delivery {
-  remote_settled: boolean;
-  sbLockToken?: string;
-}
-interface SessionInternals {
-  incoming: { on_transfer(frame: { performative: { message_format?: number } }, receiver: unknown): void };
-  outgoing: { next_delivery_id: number; next_pending_delivery: number; deliveries: { available(): number } };
-}
-interface SenderInternals {
-  _draining: boolean;
-  set_drained(v: boolean): void;
-  connection: { _register(): void };
-  state: { local_open: boolean; open_requests: number };
-}
-
-interface Outcome { described(): unknown }
-interface RheaOutcomes {
-  accepted(): Outcome;
-  released(): Outcome;
-  rejected(o?: { error?: { condition: string; description: string } }): Outcome;
-  modified(o: { undeliverable_here?: boolean }): Outcome;
-  decode(b: Buffer): rhea.Message;
-}
-const outcomes = amqp.message as unknown as RheaOutcomes;
-
-function credit(link: rhea.Sender | rhea.Receiver): number {
-  return (link as unknown as { credit: number }).credit;
-}
-
-function internals<T>(x: unknown): T {
-  return x as T;
-}
-
-function errorCondition(e: unknown): { condition: string; description: string } {
-  if (isBrokerError(e)) return e.toAmqp();
-  return { condition: 'amqp:internal-error', description: (e as Error).message ?? String(e) };
-}
-
-// rhea's frame encoder (not in its typings).
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const rheaFrames = require('rhea/lib/frames.js') as { write_frame(frame: RawFrame): Buffer };
-interface RawFrame { performative?: unknown; payload?: Buffer }
-interface RawSocket { write(b: Buffer): boolean; cork(): void; uncork(): void }
-
-/** Frame payloads at least this large are written as they are, not copied into the frame. */
-const ZERO_COPY_PAYLOAD = 16 * 1024;
-/**
- * A large delivery is handed to rhea as its prefix (header and annotations) only; the body to
- * write after it in the same frame is found here by tuneOutput.
- */
-const frameTails = new WeakMap<Buffer, Buffer>();
-/** Connections whose transport writes frameTails. */
-const tunedConnections = new WeakSet<object>();
-
-/**
- * rhea writes every frame with its own socket.write (one syscall each) and copies each payload
- * into a fresh frame buffer. On the emulator's connections: defer output to the end of the tick
- * and cork the socket around it, so a burst of frames (transfers, dispositions, flows) leaves
- * in one writev; and write large payloads after their frame header instead of copying them.
- */
-function tuneOutput(conn: rhea.Connection): void {
-  const c = conn as unknown as {
-    output(): void;
-    socket?: RawSocket;
-    amqp_transport?: { pending: RawFrame[]; header_sent?: unknown; write(socket: RawSocket): void };
-  };
-  const transport = c.amqp_transport;
-  if (transport?.header_sent && typeof transport.write === 'function' && Array.isArray(transport.pending)) {
-    tunedConnections.add(conn);
-    const write = transport.write.bind(transport);
-    transport.write = (socket) => {
-      if (!transport.pending.some((f) => f.payload && (f.payload.length >= ZERO_COPY_PAYLOAD || frameTails.has(f.payload)))) return write(socket);
-      for (const frame of transport.pending) {
-        const payload = frame.payload;
-        const tail = payload && frameTails.get(payload);
-        if (!payload || (payload.length < ZERO_COPY_PAYLOAD && !tail)) {
-          socket.write(rheaFrames.write_frame(frame));
-          continue;
-        }
-        const head = rheaFrames.write_frame({ ...frame, payload: undefined });
-        head.writeUInt32BE(head.length + payload.length + (tail?.length ?? 0), 0);
-        socket.write(head);
-        socket.write(payload);
-        if (tail) socket.write(tail);
-      }
-      transport.pending = [];
-    };
-  }
-  const output = c.output.bind(c);
-  let scheduled = false;
-  c.output = () => {
-    if (scheduled) return;
-    scheduled = true;
-    process.nextTick(() => {
-      scheduled = false;
-      const socket = c.socket;
-      socket?.cork();
-      try {
-        output();
-      } finally {
-        socket?.uncork();
-      }
-    });
-  };
-}
-
 let consumerIds = 0;
 
 /** A broker sender link attached to an entity (the SDK's receiver). */
@@ -182,34 +75,17 @@ class LinkConsumer implements Consumer {
 
   credit(): number {
     if (this.closed || !this.link.is_open()) return 0;
-    const s = internals<SessionInternals>(this.link.session);
-    const unsent = s.outgoing.next_delivery_id - s.outgoing.next_pending_delivery;
-    return Math.min(credit(this.link) - unsent, s.outgoing.deliveries.available());
+    return senderCredit(this.link);
   }
 
   deliver(prefix: Buffer, payload: Buffer, lockToken: string | undefined, msg: Msg): void {
     const tag = lockToken ? toDotNetGuidBytes(uuidToBytes(lockToken)) : Buffer.from(`${msg.seq}`);
-    const maxFrame = (this.link.connection as unknown as { max_frame_size?: number }).max_frame_size ?? 0xffffffff;
-    let bytes: Buffer;
-    if (payload.length >= ZERO_COPY_PAYLOAD && tunedConnections.has(this.link.connection) && prefix.length + payload.length + tag.length + 64 < maxFrame) {
-      // The whole message fits one frame: send the prefix and let tuneOutput write the body
-      // after it, instead of copying the body into one buffer.
-      bytes = prefix;
-      frameTails.set(prefix, payload);
-    } else {
-      bytes = Buffer.concat([prefix, payload]);
-    }
-    const d = this.link.send(bytes, tag, 0) as RawDelivery;
+    const d = sendParts(this.link, prefix, payload, tag);
     if (lockToken) d.sbLockToken = lockToken;
   }
 
   idle(): void {
-    const l = internals<SenderInternals>(this.link);
-    if (l._draining && this.link.is_open()) {
-      l.set_drained(true);
-      // set_drained only marks the flow; the connection must be told to write it.
-      l.connection._register();
-    }
+    completeDrain(this.link);
   }
 
   sessionLost(error: BrokerError): void {
@@ -353,15 +229,8 @@ export class Broker {
     c.on('connection_error', () => undefined);
     c.on('error', (err: unknown) => this.options.logger.debug({ err }, 'AMQP link error'));
 
-    c.on('session_open', (ctx: rhea.EventContext) => {
-      // Hand every transfer over undecoded: the broker stores the bytes as sent.
-      const incoming = internals<SessionInternals>(ctx.session).incoming;
-      const onTransfer = incoming.on_transfer.bind(incoming);
-      incoming.on_transfer = (frame, receiver) => {
-        if (!frame.performative.message_format) frame.performative.message_format = RAW_FORMAT;
-        onTransfer(frame, receiver);
-      };
-    });
+    // Every transfer undecoded: the broker stores the bytes as sent.
+    c.on('session_open', (ctx: rhea.EventContext) => receiveRaw(ctx.session!));
 
     c.on('sender_open', (ctx: rhea.EventContext) => this.onSenderOpen(ctx.sender!));
     c.on('receiver_open', (ctx: rhea.EventContext) => this.onReceiverOpen(ctx.receiver!));
@@ -478,9 +347,7 @@ export class Broker {
       return;
     }
     // Session receiver: hold the attach reply until a session is locked (acceptNextSession may wait).
-    const st = internals<SenderInternals>(sender).state;
-    st.local_open = false;
-    st.open_requests = Math.max(0, st.open_requests - 1);
+    holdAttach(sender);
     const requested = source?.filter?.[SESSION_FILTER];
     const sessionId = requested === null || requested === undefined ? null : String(requested);
     const props = (sender.properties ?? {}) as Record<string, unknown>;
@@ -684,135 +551,14 @@ export class Broker {
   private onManagement(conn: rhea.Connection, entity: Entity, req: rhea.Message): void {
     const props = (req.application_properties ?? {}) as Record<string, unknown>;
     const op = String(props.operation ?? '');
-    const body = (req.body ?? {}) as Record<string, unknown>;
-    const ok = (statusCode: number, result?: unknown): void =>
+    const respond = (statusCode: number, result?: unknown): void =>
       this.reply(conn, req, { statusCode, statusDescription: statusCode === 204 ? 'No Content' : 'OK' }, result);
-    const fail = (err: unknown): void => {
-      const { condition, description } = errorCondition(err);
-      const statusCode = isBrokerError(err) ? err.statusCode : 500;
-      this.reply(conn, req, { statusCode, statusDescription: description, errorCondition: condition });
-    };
     try {
-      const afterCommit = (result: unknown): void => this.options.store.afterCommit(() => ok(200, result));
-      switch (op) {
-        case 'com.microsoft:renew-lock': {
-          const expirations = lockTokens(body).map((t) => new Date(entity.renewLock(t)));
-          ok(200, { expirations });
-          return;
-        }
-        case 'com.microsoft:peek-message': {
-          const from = longToNumber(body['from-sequence-number']) ?? 1;
-          const count = Number(body['message-count'] ?? 1);
-          const sessionId = body['session-id'] === undefined || body['session-id'] === null ? undefined : String(body['session-id']);
-          const found = entity.peek(from, count, sessionId);
-          // The SDK tests for exactly 204 when there is nothing to peek.
-          if (found.length === 0) ok(204);
-          else ok(200, { messages: found.map((m) => ({ message: entity.encode(m) })) });
-          return;
-        }
-        case 'com.microsoft:update-disposition': {
-          const status = String(body['disposition-status'] ?? '');
-          const disposition: Disposition | undefined = ({ completed: 'complete', abandoned: 'abandon', defered: 'defer', suspended: 'deadletter' } as const)[status as 'completed'];
-          if (!disposition) throw BrokerError.badRequest(`Unknown disposition-status '${status}'.`);
-          const options: SettleOptions = {
-            deadLetterReason: body['deadletter-reason'] as string | undefined,
-            deadLetterDescription: body['deadletter-description'] as string | undefined,
-            propertiesToModify: body['properties-to-modify'] as Record<string, unknown> | undefined,
-          };
-          for (const t of lockTokens(body)) entity.settle(t, disposition, options);
-          afterCommit(undefined);
-          return;
-        }
-        case 'com.microsoft:receive-by-sequence-number': {
-          const seqs = longArray(body['sequence-numbers']);
-          const receiveAndDelete = Number(body['receiver-settle-mode'] ?? 1) === 0;
-          const sessionId = body['session-id'] === undefined || body['session-id'] === null ? undefined : String(body['session-id']);
-          const got = entity.receiveDeferred(seqs, receiveAndDelete, sessionId);
-          const messages = got.map((g) => {
-            const m: Record<string, unknown> = { message: g.bytes };
-            if (g.lockToken) m['lock-token'] = amqp.types.wrap_uuid(uuidToBytes(g.lockToken));
-            return m;
-          });
-          afterCommit({ messages });
-          return;
-        }
-        case 'com.microsoft:schedule-message': {
-          if (entity.isDeadLetterQueue) throw BrokerError.notAllowed('Cannot schedule messages on a dead-letter queue.');
-          const items = (body.messages ?? []) as Array<Record<string, unknown>>;
-          const now = Date.now();
-          const parsed = items.map((it) => {
-            const raw = it.message;
-            if (!Buffer.isBuffer(raw)) throw BrokerError.badRequest('schedule-message: each entry needs an encoded `message`.');
-            if (raw.length > entity.settings.maxMessageSizeBytes) throw BrokerError.messageTooLarge(raw.length, entity.settings.maxMessageSizeBytes);
-            return parseMessage(raw);
-          });
-          if (entity.requiresSession && parsed.some((p) => !p.sessionId)) {
-            throw BrokerError.notAllowed('The SessionId was not set on a message, and it cannot be sent to the entity. Entities that have session support enabled can only receive messages that have the SessionId set to a valid value.');
-          }
-          const seqs = parsed.map((p) => entity.enqueue(p, now).seq);
-          afterCommit({ 'sequence-numbers': amqp.types.wrap_array(seqs.map((s) => longBytes(s)), 0x81, undefined) });
-          return;
-        }
-        case 'com.microsoft:cancel-scheduled-message': {
-          entity.cancelScheduled(longArray(body['sequence-numbers']));
-          afterCommit(undefined);
-          return;
-        }
-        case 'com.microsoft:renew-session-lock': {
-          const expiration = new Date(entity.renewSessionLock(String(body['session-id'])));
-          ok(200, { expiration });
-          return;
-        }
-        case 'com.microsoft:get-session-state': {
-          const sessionId = String(body['session-id']);
-          entity.heldSession(sessionId);
-          const state = entity.getSessionState(sessionId);
-          ok(200, { 'session-state': state ?? null });
-          return;
-        }
-        case 'com.microsoft:set-session-state': {
-          const sessionId = String(body['session-id']);
-          entity.heldSession(sessionId);
-          const state = body['session-state'];
-          entity.setSessionState(sessionId, Buffer.isBuffer(state) ? state : null);
-          afterCommit(undefined);
-          return;
-        }
-        case 'com.microsoft:enumerate-sessions': {
-          const skip = Number(body.skip ?? 0);
-          const top = Number(body.top ?? 100);
-          const ids = [...entity.sessions.values()].filter((s) => s.count > 0 || s.state).map((s) => s.id).slice(skip, skip + top);
-          if (ids.length === 0) ok(204);
-          else ok(200, { skip: skip + ids.length, 'sessions-ids': ids });
-          return;
-        }
-        default:
-          throw BrokerError.badRequest(`The $management operation '${op}' is not supported by this emulator.`);
-      }
+      handleManagementRequest(entity, op, (req.body ?? {}) as Record<string, unknown>, respond, (fn) => this.options.store.afterCommit(fn));
     } catch (err) {
       if (!isBrokerError(err)) this.options.logger.warn({ err, op }, 'management operation failed');
-      fail(err);
+      const { condition, description } = errorCondition(err);
+      this.reply(conn, req, { statusCode: isBrokerError(err) ? err.statusCode : 500, statusDescription: description, errorCondition: condition });
     }
   }
-}
-
-function lockTokens(body: Record<string, unknown>): string[] {
-  const raw = body['lock-tokens'];
-  const list = Array.isArray(raw) ? raw : raw === undefined ? [] : [raw];
-  return list.map((t) => (Buffer.isBuffer(t) ? bytesToUuid(t) : String(t)));
-}
-
-function longArray(v: unknown): number[] {
-  const list = Array.isArray(v) ? v : v === undefined || v === null ? [] : [v];
-  return list.map((x) => {
-    const n = longToNumber(x);
-    if (n === undefined) throw BrokerError.badRequest('Expected an array of sequence numbers (long).');
-    return n;
-  });
-}
-
-function longBytes(n: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigInt64BE(BigInt(n));
-  return b;
 }

@@ -69,3 +69,9 @@ export class BrokerError extends Error {
 export function isBrokerError(e: unknown): e is BrokerError {
   return e instanceof Error && e.name === 'BrokerError';
 }
+
+/** The AMQP error for any thrown value: a BrokerError's own, else amqp:internal-error. */
+export function errorCondition(e: unknown): { condition: string; description: string } {
+  if (isBrokerError(e)) return e.toAmqp();
+  return { condition: 'amqp:internal-error', description: (e as Error).message ?? String(e) };
+}
