@@ -8,7 +8,11 @@ import { BlobServiceClient } from '@azure/storage-blob';
 import { STAGING_CONTAINER } from '../domain/envelope';
 import type { ApplyDeps } from '../services/apply';
 import type { ReplicationDeps } from '../services/deps';
+import type { OperationDeps } from '../services/operations';
+import { BlobCaptureStore } from './blob-capture-store';
 import { BlobDiskStore } from './blob-disk-store';
+import { BlobVhdStore } from './blob-vhd-store';
+import { ServiceBusOperationQueue } from './service-bus-operation-queue';
 import { BlobStagingStore } from './blob-staging-store';
 import { TableStateStore } from './table-state-store';
 
@@ -38,13 +42,28 @@ export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): Buffer {
   return key;
 }
 
-let cached: ApplyDeps | undefined;
+let cached: (ApplyDeps & { captures: BlobCaptureStore }) | undefined;
+let cachedOperations: OperationDeps | undefined;
 
 export function replicationDeps(): ReplicationDeps {
   return applyDeps();
 }
 
-export function applyDeps(): ApplyDeps {
+/** Recovery points and operations: the apply deps plus VHD page blobs and the `operations` queue. */
+export function operationDeps(env: NodeJS.ProcessEnv = process.env): OperationDeps {
+  if (cachedOperations) return cachedOperations;
+  const base = applyDeps();
+  const sb = env.ServiceBusConnection;
+  if (!sb) throw new ConfigurationError('The app setting ServiceBusConnection is not set; set it to the Service Bus connection string.');
+  cachedOperations = {
+    ...base,
+    vhds: new BlobVhdStore(BlobServiceClient.fromConnectionString(storageConnectionString())),
+    queue: new ServiceBusOperationQueue(sb),
+  };
+  return cachedOperations;
+}
+
+export function applyDeps(): ApplyDeps & { captures: BlobCaptureStore } {
   if (cached) return cached;
   const cs = storageConnectionString();
   const blobs = BlobServiceClient.fromConnectionString(cs);
@@ -52,6 +71,7 @@ export function applyDeps(): ApplyDeps {
     staging: new BlobStagingStore(blobs.getContainerClient(STAGING_CONTAINER)),
     state: TableStateStore.fromConnectionString(cs),
     disks: new BlobDiskStore(blobs.getContainerClient(DISKS_CONTAINER)),
+    captures: new BlobCaptureStore(blobs.getContainerClient(DISKS_CONTAINER)),
     masterKey: masterKeyFromEnv(),
     now: () => Date.now(),
     randomBytes: (n) => randomBytes(n),
