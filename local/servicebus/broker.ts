@@ -60,11 +60,8 @@ type IncomingRole =
   | { kind: 'management'; entity: Entity }
   | { kind: 'send'; targets: Entity[]; maxBytes: number; requiresSession: boolean; spaceFn: () => void };
 
-let consumerIds = 0;
-
 /** A broker sender link attached to an entity (the SDK's receiver). */
 class LinkConsumer implements Consumer {
-  readonly id = ++consumerIds;
   readonly receiveAndDelete: boolean;
   session?: Consumer['session'];
   closed = false;

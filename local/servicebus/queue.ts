@@ -29,7 +29,6 @@ const MAX_DEAD_LETTER_TEXT = 4096;
 
 /** A receiving link as the entity sees it. */
 export interface Consumer {
-  readonly id: number;
   readonly receiveAndDelete: boolean;
   /** How many more messages the link can take now. */
   credit(): number;
@@ -42,36 +41,52 @@ export interface Consumer {
   session?: SessionEntry;
 }
 
+/** A message in an entity: its stored metadata plus its in-memory state (lock, timers, cache). */
 export class Msg implements StoredMessage {
-  seq!: number;
-  entity!: string;
-  messageId!: string;
-  sessionId!: string | null;
-  enqueuedAt!: number;
-  visibleAt!: number;
-  expiresAt!: number | null;
-  state!: number;
-  deliveryCount!: number;
-  deadLetterSource!: string | null;
-  ttlMs!: number | null;
-  priority!: number | null;
-  durable!: boolean | null;
-  annotations!: Buffer;
-  annCount!: number;
-  size!: number;
+  seq: number;
+  entity: string;
+  messageId: string;
+  sessionId: string | null;
+  enqueuedAt: number;
+  visibleAt: number;
+  expiresAt: number | null;
+  state: number;
+  deliveryCount: number;
+  deadLetterSource: string | null;
+  ttlMs: number | null;
+  priority: number | null;
+  durable: boolean | null;
+  annotations: Buffer;
+  annCount: number;
+  size: number;
   /** Cached body; undefined when only the store has it. */
   payload?: Buffer;
   lockToken?: string;
   lockedUntil = 0;
   owner?: Consumer;
   lockTimer?: TimerHandle;
-  /** Whether a (possibly stale) entry for this message sits in an availability heap. */
-  inHeap = false;
   ttlTimer?: TimerHandle;
   scheduleTimer?: TimerHandle;
+  /** Whether a (possibly stale) entry for this message sits in an availability heap. */
+  inHeap = false;
 
   constructor(m: StoredMessage) {
-    Object.assign(this, m);
+    this.seq = m.seq;
+    this.entity = m.entity;
+    this.messageId = m.messageId;
+    this.sessionId = m.sessionId;
+    this.enqueuedAt = m.enqueuedAt;
+    this.visibleAt = m.visibleAt;
+    this.expiresAt = m.expiresAt;
+    this.state = m.state;
+    this.deliveryCount = m.deliveryCount;
+    this.deadLetterSource = m.deadLetterSource;
+    this.ttlMs = m.ttlMs;
+    this.priority = m.priority;
+    this.durable = m.durable;
+    this.annotations = m.annotations;
+    this.annCount = m.annCount;
+    this.size = m.size;
   }
 }
 
