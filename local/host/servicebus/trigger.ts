@@ -6,13 +6,17 @@
  * - Success with `autoCompleteMessages` (host.json, or the trigger's own option): complete.
  *   A failed invocation: abandon (every message of the batch with cardinality many), so the
  *   broker redelivers at once and dead-letters after the queue's MaxDeliveryCount. With
- *   autoComplete off the host settles nothing (Node functions cannot either: the locks expire).
+ *   autoComplete off the host settles nothing (the locks expire) unless the function settles
+ *   itself through an SDK-type binding.
  * - Without sessions, cardinality one: up to `maxConcurrentCalls` invocations at a time.
  *   Cardinality many: one batch of up to `maxMessageBatchSize` at a time.
  * - Sessions: up to `maxConcurrentSessions` sessions at a time, each accepted with
  *   acceptNextSession in a loop; a session's messages are processed strictly one after another
  *   (one at a time, or batch after batch), and the session is released after
  *   `sessionIdleTimeout` without messages.
+ *
+ * - SDK-type bindings (`sdkBinding: true`): the function gets model binding data and settles
+ *   through the settlement service (settlement.ts); see `processSdk`.
  *
  * Not mirrored: `prefetchCount` (the JS client has no prefetch).
  */
