@@ -73,8 +73,12 @@ export const emulatorMainJs = join(root, 'dist/local/servicebus/main.js');
  */
 export function ensureBuilt(): void {
   const srcDir = join(root, 'local/servicebus');
-  const newest = Math.max(...readdirSync(srcDir).filter((f) => f.endsWith('.ts')).map((f) => statSync(join(srcDir, f)).mtimeMs));
-  if (existsSync(emulatorMainJs) && statSync(emulatorMainJs).mtimeMs >= newest) return;
+  const outDir = join(root, 'dist/local/servicebus');
+  const stale = readdirSync(srcDir).filter((f) => f.endsWith('.ts')).some((f) => {
+    const js = join(outDir, f.replace(/\.ts$/, '.js'));
+    return !existsSync(js) || statSync(js).mtimeMs < statSync(join(srcDir, f)).mtimeMs;
+  });
+  if (!stale) return;
   try {
     execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.json')], { stdio: 'pipe' });
   } catch (err) {
