@@ -15,6 +15,15 @@ import { applyBatchMessage } from '../shared/services/apply';
 
 export const REPLICATION_QUEUE = 'replication-batches';
 
+/**
+ * The Settlement proto declares the dead-letter reason and description as
+ * google.protobuf.StringValue, so gRPC needs `{ value }`; the package (0.2.0-preview) types them
+ * as plain strings, and a plain string fails to serialize ("object expected") in Azure as here.
+ */
+function stringValue(text: string): string {
+  return { value: text } as unknown as string;
+}
+
 export async function applyBatches(messageContext: ServiceBusMessageContext, context: InvocationContext): Promise<void> {
   const messages = Array.isArray(messageContext.messages) ? messageContext.messages : [messageContext.messages];
   for (const message of messages) {
@@ -28,7 +37,7 @@ export async function applyBatches(messageContext: ServiceBusMessageContext, con
     }
     if (outcome.kind === 'dead-letter') {
       context.warn(`Batch ${String(message.messageId)} dead-lettered: ${outcome.reason}: ${outcome.description}`);
-      await messageContext.actions.deadletter(message, undefined, outcome.reason, outcome.description);
+      await messageContext.actions.deadletter(message, undefined, stringValue(outcome.reason), stringValue(outcome.description));
       continue;
     }
     if (outcome.kind === 'applied') {

@@ -68,7 +68,15 @@ describe('200 VMs, two hosts', () => {
 
     const client = new ServiceBusClient(stack.serviceBusConnectionString);
     const sender = client.createSender('replication-batches');
-    for (let i = 0; i < messages.length; i += 100) await sender.sendMessages(messages.slice(i, i + 100));
+    let batch = await sender.createMessageBatch();
+    for (const m of messages) {
+      if (!batch.tryAddMessage(m)) {
+        await sender.sendMessages(batch);
+        batch = await sender.createMessageBatch();
+        expect(batch.tryAddMessage(m)).toBe(true);
+      }
+    }
+    await sender.sendMessages(batch);
     await sender.close();
 
     const started = Date.now();
