@@ -38,6 +38,10 @@ export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, w
   }
 }
 
+/** The conformance suites run against both stores: SQLite in a temp dir, and memory only. */
+export const STORES = ['SQLite', 'memory'] as const;
+export type StoreKind = (typeof STORES)[number];
+
 export interface Harness {
   emulator: ServiceBusEmulator;
   client: ServiceBusClient;
@@ -45,12 +49,12 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
-export async function startHarness(config: EmulatorConfig, options: { persistent?: boolean } = {}): Promise<Harness> {
+export async function startHarness(config: EmulatorConfig, options: { store?: StoreKind } = {}): Promise<Harness> {
   const dataDir = mkdtempSync(join(tmpdir(), 'ferry-sb-'));
   const emulator = await startServiceBusEmulator({
     port: 0,
     config,
-    dataDir: options.persistent === false ? ':memory:' : dataDir,
+    dataDir: options.store === 'memory' ? ':memory:' : dataDir,
     logger: createLogger('servicebus', { level: process.env.FERRY_LOG_LEVEL ?? 'warn' }),
   });
   const client = new ServiceBusClient(emulator.connectionString, { retryOptions: { maxRetries: 1, timeoutInMs: 10_000 } });
