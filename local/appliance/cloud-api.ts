@@ -88,15 +88,24 @@ export class CloudApi {
  * Polls the cloud until every disk's appliedSequence reaches `want[diskId]` (what
  * `replicate --once` waits for before it exits).
  */
-export async function waitApplied(api: CloudApi, vmId: string, want: Record<string, number>, options: { timeoutMs?: number; onPoll?: (vm: VmView) => void } = {}): Promise<VmView> {
+export async function waitApplied(
+  api: CloudApi,
+  vmId: string,
+  want: Record<string, number>,
+  options: { timeoutMs?: number; onPoll?: (vm: VmView) => void; initialComplete?: boolean } = {},
+): Promise<VmView> {
   const deadline = Date.now() + (options.timeoutMs ?? 10 * 60_000);
   let delay = 100;
   for (;;) {
     const vm = await api.getVm(vmId);
     options.onPoll?.(vm);
     const behind = Object.entries(want).filter(([diskId, seq]) => (vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0) < seq);
-    if (behind.length === 0) return vm;
+    // the disk rows and the VM's state are separate updates: when the initial copy is complete,
+    // also wait for the VM to leave initial-replication
+    const settled = !options.initialComplete || vm.state !== 'initial-replication';
+    if (behind.length === 0 && settled) return vm;
     if (Date.now() > deadline) {
+      if (behind.length === 0) throw new ApplianceError('CLOUD_NOT_APPLIED', `VM '${vmId}' applied everything but is still in ${vm.state}.`);
       const detail = behind.map(([diskId, seq]) => `${diskId} at ${vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0} of ${seq}`).join(', ');
       throw new ApplianceError('CLOUD_NOT_APPLIED', `The cloud has not applied everything sent for VM '${vmId}' (${detail}); is the functions host running apply-batches?`);
     }

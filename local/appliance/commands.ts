@@ -122,7 +122,10 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
     if (options.once) {
       const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
       const want = Object.fromEntries(r.disks.map((d) => [d.diskId, d.lastSequence]));
-      const vm = await waitApplied(api, options.vm, want, options.applyTimeoutMs !== undefined ? { timeoutMs: options.applyTimeoutMs } : {});
+      const vm = await waitApplied(api, options.vm, want, {
+        initialComplete: r.disks.every((d) => d.initialComplete),
+        ...(options.applyTimeoutMs !== undefined ? { timeoutMs: options.applyTimeoutMs } : {}),
+      });
       return {
         vmId: options.vm,
         passes: 1,

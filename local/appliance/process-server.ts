@@ -4,12 +4,14 @@
  * under an optional bandwidth cap. `ferry replicate` uses it in-process as the agent's sink;
  * `ferry process-server` puts the same object behind HTTPS (https-server.ts).
  */
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { sealBatch } from '../../shared/codec/batch';
 import type { Logger } from '../log';
 import type { PlainBatch } from './batching';
 import { ApplianceError } from './errors';
 import { Outbox, type CloudTransport, type OutboxStats } from './outbox';
-import { SealPool } from './seal-pool';
+import { SealPool, type Sealed } from './seal-pool';
 import type { BatchSink } from './sink';
 import { dataKeyOf, loadVmState } from './state';
 import { TokenBucket, mbpsToBytesPerSecond } from './token-bucket';
@@ -68,6 +70,7 @@ export class ProcessServer implements BatchSink {
     if (!o) {
       o = new Outbox(join(this.cacheDir, vmId), this.options.transport, {
         threads: this.options.threads ?? 4,
+        makeMarker: (diskId, epoch, seq) => this.marker(vmId, diskId, epoch, seq),
         maxBytes: this.options.cacheMaxBytes ?? 10 * 1024 ** 3,
         ...(this.bucket ? { bucket: this.bucket } : {}),
         ...(this.options.log ? { log: this.options.log } : {}),
@@ -75,6 +78,27 @@ export class ProcessServer implements BatchSink {
       this.outboxes.set(vmId, o);
     }
     return o;
+  }
+
+  /**
+   * An empty batch for a sequence that may have been sent before a crash (see outbox.ts): the
+   * disk's flags as the appliance state last recorded them.
+   */
+  private marker(vmId: string, diskId: string, epoch: number, sequence: number): Buffer {
+    const state = loadVmState(this.options.stateDir, vmId);
+    const disk = state.disks.find((d) => d.diskId === diskId);
+    if (!disk) throw new ApplianceError('BAD_STATE', `The cache of VM '${vmId}' holds disk '${diskId}', which its state does not list.`);
+    const { key, keyId } = this.vm(vmId);
+    return sealBatch(
+      {
+        vmId, diskId, epoch, sequence, capturedAt: Date.now(), diskSizeBytes: disk.sizeBytes, records: [],
+        initialReplicationComplete: disk.initialComplete,
+        initialCoveredBytes: disk.initialComplete ? disk.sizeBytes : disk.initialCoveredBytes,
+      },
+      key,
+      keyId,
+      randomBytes,
+    );
   }
 
   async nextSequence(vmId: string, diskId: string, epoch: number): Promise<number> {
@@ -86,13 +110,13 @@ export class ProcessServer implements BatchSink {
     const { key, keyId } = this.vm(vmId);
     const outbox = this.outbox(vmId);
     await outbox.waitForRoom();
-    let sealed: Buffer;
+    let out: Sealed;
     try {
-      sealed = await this.pool.seal(plain, key, keyId);
+      out = await this.pool.seal(plain, key, keyId);
     } finally {
       release();
     }
-    outbox.put(diskId, epoch, sequence, sealed);
+    outbox.put(diskId, epoch, sequence, out.sealed, out.message);
   }
 
   async sync(vmId: string): Promise<void> {

@@ -9,6 +9,8 @@ import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { sealBatch } from '../../shared/codec/batch';
+import { envelopeFor } from '../../shared/codec/envelope';
+import type { OutgoingMessage } from './outbox';
 import { toRecords, type PlainBatch } from './batching';
 import type { SealRequest, SealResponse } from './seal-worker';
 
@@ -21,8 +23,13 @@ function workerPath(): string {
 
 interface Job {
   req: Omit<SealRequest, 'id'>;
-  resolve: (sealed: Buffer) => void;
+  resolve: (out: Sealed) => void;
   reject: (err: Error) => void;
+}
+
+export interface Sealed {
+  sealed: Buffer;
+  message: OutgoingMessage;
 }
 
 export class SealPool {
@@ -50,10 +57,12 @@ export class SealPool {
     }
   }
 
-  seal(plain: PlainBatch, key: Uint8Array, keyId: number): Promise<Buffer> {
+  seal(plain: PlainBatch, key: Uint8Array, keyId: number): Promise<Sealed> {
     if (this.workers === 0) {
       try {
-        return Promise.resolve(sealBatch({ ...plain.meta, records: toRecords(plain) }, key, keyId, randomBytes));
+        const sealed = sealBatch({ ...plain.meta, records: toRecords(plain) }, key, keyId, randomBytes);
+        const { staged, ...rest } = envelopeFor(sealed);
+        return Promise.resolve({ sealed, message: { ...rest, ...(staged ? { stagedName: staged.name } : {}) } });
       } catch (err) {
         return Promise.reject(err as Error);
       }
@@ -81,7 +90,7 @@ export class SealPool {
     this.busy.delete(w);
     this.idle.push(w);
     if (job) {
-      if ('sealed' in res) job.resolve(Buffer.from(res.sealed.buffer, res.sealed.byteOffset, res.sealed.byteLength));
+      if ('sealed' in res) job.resolve({ sealed: Buffer.from(res.sealed.buffer, res.sealed.byteOffset, res.sealed.byteLength), message: res.message });
       else job.reject(Object.assign(new Error(res.error.message), { name: res.error.name, code: res.error.code }));
     }
     this.pump();

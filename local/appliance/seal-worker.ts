@@ -2,6 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { sealBatch } from '../../shared/codec/batch';
+import { envelopeFor } from '../../shared/codec/envelope';
+import type { OutgoingMessage } from './outbox';
 import { toRecords, type BatchMeta, type RecordDesc } from './batching';
 
 export interface SealRequest {
@@ -13,14 +15,17 @@ export interface SealRequest {
   keyId: number;
 }
 
-export type SealResponse = { id: number; sealed: Uint8Array } | { id: number; error: { name: string; code?: string; message: string } };
+export type SealResponse = { id: number; sealed: Uint8Array; message: OutgoingMessage } | { id: number; error: { name: string; code?: string; message: string } };
 
 parentPort?.on('message', (req: SealRequest) => {
   try {
     const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
     const sealed = sealBatch({ ...req.meta, records: toRecords({ records: req.records, data }) }, req.key, req.keyId, randomBytes);
+    // the envelope (with the SHA-256 of a staged payload) is made here too, off the main thread
+    const { staged, ...rest } = envelopeFor(sealed);
+    const message: OutgoingMessage = { ...rest, ...(staged ? { stagedName: staged.name } : {}) };
     const own = sealed.byteOffset === 0 && sealed.byteLength === sealed.buffer.byteLength ? sealed : Buffer.from(sealed);
-    parentPort!.postMessage({ id: req.id, sealed: own } satisfies SealResponse, [own.buffer as ArrayBuffer]);
+    parentPort!.postMessage({ id: req.id, sealed: own, message } satisfies SealResponse, [own.buffer as ArrayBuffer]);
   } catch (err) {
     const e = err as Error & { code?: string };
     parentPort!.postMessage({ id: req.id, error: { name: e.name, message: e.message, ...(e.code ? { code: e.code } : {}) } } satisfies SealResponse);

@@ -1,0 +1,97 @@
+/**
+ * bench/initial: `replicate --once` of a 1 GiB image through the whole local stack (read,
+ * zero skip, fingerprints, zstd-1 + AES-GCM in worker threads, spool, staged upload to Azurite,
+ * Service Bus, and the cloud applying it), until the cloud reports every batch applied; against
+ * a plain `uploadFile` of the same file to the same Azurite in the same run.
+ *
+ * Images: disk-like (40% zero extents, 30% text, 30% random; target >= 1.0x the plain upload)
+ * and random (target >= 0.5x).
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { enable, replicate } from '../local/appliance/commands';
+import { startEphemeralStack, type EphemeralStack } from '../local/stack/ephemeral';
+import { createLogger } from '../local/log';
+import type { BenchResult } from './types';
+
+const MiB = 1024 * 1024;
+const SIZE = Number(process.env.FERRY_BENCH_INITIAL_MIB ?? 1024) * MiB;
+
+/** Writes a 1 GiB image extent by extent: 'disk-like' (seeded mix) or 'random'. */
+function makeImage(path: string, kind: 'disk-like' | 'random'): void {
+  const fd = openSync(path, 'w');
+  const text = Buffer.from(Array.from({ length: 4 * MiB / 64 }, (_, i) => `line ${i}: the replication appliance reads the disk ...\n`.slice(0, 64)).join(''));
+  let seed = 12345;
+  const next = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  try {
+    for (let off = 0; off < SIZE; off += 4 * MiB) {
+      const r = kind === 'random' ? 1 : next();
+      if (r < 0.4) continue; // a hole reads as zeros
+      const buf = r < 0.7 ? Buffer.from(text) : randomBytes(4 * MiB);
+      if (r < 0.7) buf.writeUInt32LE(off, 0);
+      writeSync(fd, buf, 0, buf.length, off);
+    }
+    writeSync(fd, Buffer.alloc(1), 0, 1, SIZE - 1);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function plainUpload(stack: EphemeralStack, path: string, name: string): Promise<number> {
+  const container = BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient('bench-plain');
+  await container.createIfNotExists();
+  const start = performance.now();
+  await container.getBlockBlobClient(name).uploadFile(path, { blockSize: 8 * MiB, concurrency: 4 });
+  const secs = (performance.now() - start) / 1000;
+  await container.getBlockBlobClient(name).delete();
+  return secs;
+}
+
+async function ferryOnce(stack: EphemeralStack, dir: string, path: string, vm: string): Promise<number> {
+  const stateDir = join(dir, `state-${vm}`);
+  const common = { api: stack.apiUrl, stateDir, functionKey: stack.functionKey };
+  await enable({ ...common, vm, disks: [path] });
+  const start = performance.now();
+  await replicate({
+    ...common,
+    vm,
+    once: true,
+    storageConnection: stack.storageConnectionString,
+    serviceBusConnection: stack.serviceBusConnectionString,
+    applyTimeoutMs: 900_000,
+    log: createLogger('bench', { stream: process.stderr, level: 'warn' }),
+  });
+  return (performance.now() - start) / 1000;
+}
+
+export async function run(): Promise<BenchResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-initial-'));
+  const stack = await startEphemeralStack();
+  const results: BenchResult[] = [];
+  try {
+    for (const kind of ['disk-like', 'random'] as const) {
+      const path = join(dir, `${kind}.img`);
+      makeImage(path, kind);
+      const plain = await plainUpload(stack, path, kind);
+      const ferry = await ferryOnce(stack, dir, path, `bench-${kind}`);
+      const mbps = SIZE / MiB / ferry;
+      const plainMbps = SIZE / MiB / plain;
+      results.push({
+        name: `replicate --once, ${SIZE / MiB} MiB ${kind} image (${ferry.toFixed(1)} s vs ${plain.toFixed(1)} s)`,
+        value: mbps,
+        unit: 'MiB/s',
+        baseline: { name: 'plain uploadFile', value: plainMbps },
+        ratio: mbps / plainMbps,
+        target: kind === 'random' ? '>= 0.5x' : '>= 1.0x',
+      });
+      rmSync(path, { force: true });
+    }
+  } finally {
+    await stack.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return results;
+}
