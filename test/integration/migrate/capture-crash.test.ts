@@ -1,0 +1,78 @@
+/**
+ * Crash safety of captures: the host is killed (FERRY_FAULT_KILL_AT) after the snapshots of a
+ * tagged batch and before its manifest, and after the capture but before the sequence is
+ * recorded; the redelivered batch must converge to one recovery point holding exactly the disk
+ * as of that batch, and the first attempt's orphan snapshots must be collectable.
+ */
+import { randomBytes } from 'node:crypto';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlobCaptureStore } from '../../../shared/azure/blob-capture-store';
+import { SEGMENT_BYTES, EXTENT_BYTES } from '../../../shared/domain/extents';
+import type { FaultPoint } from '../../../shared/faults';
+import type { BatchRecord } from '../../../shared/domain/wire-format';
+import { applyToModel, createBatchSender, type BatchSender } from '../../support/batches';
+import { startTestStack, type TestStack } from '../../support/stack';
+import { waitFor } from '../../support/wait';
+
+const MiB = 1024 * 1024;
+const VM = 'capcrash-01';
+const SIZE = 2 * SEGMENT_BYTES; // two segments: a capture snapshots both
+const POINTS: FaultPoint[] = ['capture.snapshotted', 'apply.captured'];
+
+describe('captures survive kill -9 of the host', () => {
+  let stack: TestStack;
+  let sender: BatchSender;
+  let captures: BlobCaptureStore;
+  let key: Buffer;
+  let seq = 0;
+  const model = Buffer.alloc(SIZE);
+
+  const get = async (path: string): Promise<any> => (await fetch(`${stack.apiUrl}${path}`, { headers: { 'x-functions-key': stack.functionKey } })).json();
+
+  beforeAll(async () => {
+    stack = await startTestStack();
+    sender = createBatchSender(stack.serviceBusConnectionString, stack.storageConnectionString);
+    captures = new BlobCaptureStore(BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient('disks'));
+    const res = await fetch(`${stack.apiUrl}/vms/${VM}/enable-replication`, {
+      method: 'POST',
+      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ disks: [{ diskId: 'disk0', sizeBytes: SIZE }] }),
+    });
+    expect(res.status).toBe(201);
+    key = Buffer.from(((await res.json()) as { dataKey: string }).dataKey, 'base64');
+  }, 180_000);
+
+  afterAll(async () => {
+    await sender?.close();
+    await stack?.stop();
+  });
+
+  it.each(POINTS)('converges to one recovery point after a crash at %s', async (point) => {
+    const host = await stack.stack.restartHost({ FERRY_FAULT_KILL_AT: point }, { wait: false });
+    seq++;
+    const records: BatchRecord[] = [
+      { kind: 'data', offset: 4096 * seq, data: randomBytes(4096) },
+      { kind: 'data', offset: SEGMENT_BYTES - MiB, data: randomBytes(2 * MiB) }, // straddles both segments
+    ];
+    await sender.send(
+      { vmId: VM, diskId: 'disk0', epoch: 1, sequence: seq, capturedAt: Date.now(), diskSizeBytes: SIZE, records, initialReplicationComplete: true, consistency: { kind: 'crash-consistent', tagId: seq } },
+      key,
+    );
+    applyToModel(model, records);
+    await waitFor(() => !host.running, `the host to crash at ${point}`, { timeoutMs: 60_000 });
+    expect(stack.logs.some((l) => l.includes(`FERRY_FAULT_KILL_AT=${point}`))).toBe(true);
+
+    await stack.stack.restartHost({});
+    await waitFor(async () => (await get(`/vms/${VM}`)).disks[0].appliedSequence >= seq, `sequence ${seq} applied after the restart`, { timeoutMs: 90_000 });
+    const rps = (await get(`/vms/${VM}/recovery-points`)).recoveryPoints as { id: string }[];
+    expect(rps[0]?.id).toBe(`rp-${seq}`);
+
+    const orphans = await captures.collectGarbage({ vmId: VM, diskId: 'disk0' }, 0);
+    if (point === 'capture.snapshotted') expect(orphans.deleted).toBeGreaterThan(0); // the first attempt's snapshots
+    for (const extent of [0, SEGMENT_BYTES / EXTENT_BYTES - 1, SEGMENT_BYTES / EXTENT_BYTES]) {
+      const got = await captures.readExtent({ vmId: VM, diskId: 'disk0' }, SIZE, seq, extent);
+      expect(got.equals(model.subarray(extent * EXTENT_BYTES, (extent + 1) * EXTENT_BYTES)), `extent ${extent} at tag ${seq}`).toBe(true);
+    }
+  });
+});
