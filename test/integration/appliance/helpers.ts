@@ -4,8 +4,9 @@
  *
  * The stand-in runs the cloud's own apply code (shared/services/apply.ts, the same function
  * apply-batches calls) against the test stack's storage, taking sessions from the queue as
- * the host would. It exists while the local host cannot yet run the SDK-type Service Bus
- * binding; sessions are exclusive, so it also works beside a host that does consume.
+ * the host would. The tests use the host's real apply-batches; the stand-in starts only with
+ * FERRY_TEST_STANDIN_APPLY=1 (to tell an appliance bug from a host one). Sessions are
+ * exclusive, so it also works beside the host.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -73,6 +74,7 @@ export interface StandInApplier {
 }
 
 export function startStandInApplier(stack: TestStack, sessions = 3): StandInApplier {
+  if (!process.env.FERRY_TEST_STANDIN_APPLY) return { applied: 0, stop: async () => undefined };
   const cs = stack.storageConnectionString;
   const blobs = BlobServiceClient.fromConnectionString(cs);
   const deps: ApplyDeps = {
