@@ -245,7 +245,11 @@ export class Broker {
       const delivery = ctx.delivery as RawDelivery;
       const raw = ctx.message as unknown as Buffer;
       const format = (ctx as unknown as { format?: number }).format ?? 0;
-      if (!role) return;
+      if (!role) {
+        // A transfer on a link the broker refused or already dropped: settle it, never hold it.
+        delivery.update(true, outcomes.rejected({ error: { condition: 'amqp:not-allowed', description: 'The link is not attached to an entity.' } }).described());
+        return;
+      }
       try {
         if (role.kind === 'send') this.onSend(receiver, role, delivery, raw, format === RAW_FORMAT ? 0 : format);
         else if (role.kind === 'cbs') this.onCbs(ctx.connection, outcomes.decode(raw));
