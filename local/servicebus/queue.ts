@@ -766,7 +766,12 @@ export class Entity {
         this.maybeForgetSession(s);
         return Promise.reject(BrokerError.sessionCannotBeLocked(sessionId));
       }
-      if (s.owner) this.releaseSession(s);
+      const previous = s.owner;
+      if (previous) {
+        // Its lock expired (the timer has not fired yet): the old receiver loses the session.
+        this.releaseSession(s);
+        previous.sessionLost(BrokerError.sessionLockLost(sessionId));
+      }
       this.bind(s, c, now);
       return Promise.resolve(s);
     }
