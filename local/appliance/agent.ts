@@ -231,7 +231,9 @@ export class MobilityAgent {
       stats.dirtyBytes += range.length;
     }
 
-    // 2. the initial copy (resumed) or a rescan
+    // 2. the initial copy (resumed) or a rescan; records of a batch must be sorted, so the
+    // journal's batch is closed first
+    if (phase !== 'delta' && !builder.empty) await flush(false);
     const scanFrom = phase === 'initial' ? alignDown(d.initialCoveredBytes, FP_BLOCK_BYTES) : 0;
     if (phase !== 'delta') {
       const total = size - scanFrom;

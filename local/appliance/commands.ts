@@ -3,11 +3,13 @@
  * tests call them directly. Each returns a result object (printed as JSON with `--json`) or
  * throws an ApplianceError whose message is the one-line reason.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { storageConnectionString } from '../../shared/azure/composition';
 import { isValidId } from '../../shared/domain/ids';
+import type { ConsistencyKind } from '../../shared/domain/wire-format';
 import { createLogger, type Logger } from '../log';
 import { functionKey, loadAppSettings } from '../settings';
 import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
@@ -75,6 +77,17 @@ export async function enable(options: CommonOptions & { vm: string; disks: strin
 
 // ---- replicate / agent -------------------------------------------------------------------
 
+/** Runs the pre-tag hook (if any) through the shell; true when it exits 0 within 60 s. */
+export async function runPreTagHook(command: string | undefined, log?: Logger): Promise<boolean> {
+  if (!command) return true;
+  return new Promise((resolve) => {
+    execFile('/bin/sh', ['-c', command], { timeout: 60_000 }, (err, _stdout, stderr) => {
+      if (err) log?.warn({ hook: command, err: err.message, stderr: stderr.trim().slice(-500) }, 'pre-tag hook failed; tagging crash-consistent instead');
+      resolve(!err);
+    });
+  });
+}
+
 export interface ConnectionOptions {
   storageConnection?: string;
   serviceBusConnection?: string;
@@ -97,6 +110,14 @@ export interface RunOptions extends CommonOptions {
   tagIntervalMs?: number;
   /** Full rescan cadence in continuous mode (changes not made through TrackedDisk); default 60 s. */
   rescanIntervalMs?: number;
+  /** App-consistent tag cadence in continuous mode (default: none); needs `preTagHook` to mean anything. */
+  appTagIntervalMs?: number;
+  /**
+   * A shell command run before each app-consistent tag (e.g. a script that runs fsfreeze or
+   * flushes a database). Exit 0: the pass is tagged app-consistent; otherwise it is tagged
+   * crash-consistent and the failure is logged.
+   */
+  preTagHook?: string;
   onProgress?: (e: ProgressEvent) => void;
   onPass?: (r: PassResult, stats: { lagMs: number; backlogBatches: number; sentBytes: number }) => void;
   /** Stops the continuous loop. */
@@ -136,13 +157,18 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
     }
     let passes = 0;
     let lastTag = Date.now();
+    let lastAppTag = Date.now();
     let lastRescan = Date.now();
     let last: PassResult | undefined;
     const interval = options.intervalMs ?? 5000;
     while (!options.signal?.aborted) {
       const started = Date.now();
       const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 60_000);
-      const tag = started - lastTag >= (options.tagIntervalMs ?? 300_000) ? ('crash-consistent' as const) : undefined;
+      let tag: ConsistencyKind | undefined = started - lastTag >= (options.tagIntervalMs ?? 300_000) ? 'crash-consistent' : undefined;
+      if (options.appTagIntervalMs !== undefined && started - lastAppTag >= options.appTagIntervalMs) {
+        lastAppTag = started;
+        tag = (await runPreTagHook(options.preTagHook, options.log)) ? 'app-consistent' : 'crash-consistent';
+      }
       last = await agent.pass({ rescan, marker: true, ...(tag ? { tag } : {}) });
       if (rescan) lastRescan = started;
       if (tag) lastTag = started;

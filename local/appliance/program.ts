@@ -93,10 +93,12 @@ export function buildProgram(): Command {
       .option('--limit-mbps <x>', 'cap upload bandwidth (megabits per second)', numArg('--limit-mbps'))
       .option('--interval <duration>', 'time between delta passes', '5s')
       .option('--tag-interval <duration>', 'crash-consistent tag cadence', '5m')
+      .option('--app-tag-interval <duration>', 'app-consistent tag cadence (default: none)')
+      .option('--pre-tag-hook <command>', 'shell command run before each app-consistent tag (e.g. fsfreeze)')
       .option('--cache-dir <dir>', 'offline cache (default <state-dir>/cache)')
       .option('--cache-max-gb <n>', 'bound of the offline cache; the agent pauses when it is full', numArg('--cache-max-gb'), 10)
       .addHelpText('after', '\nExamples:\n  ferry replicate --vm web-01 --once\n  ferry replicate --vm web-01 --threads 8 --limit-mbps 200'),
-  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; interval: string; tagInterval: string; cacheDir?: string; cacheMaxGb: number }) => {
+  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; interval: string; tagInterval: string; appTagInterval?: string; preTagHook?: string; cacheDir?: string; cacheMaxGb: number }) => {
     const view = progressView({ json: !!o.json, tty: !!process.stdout.isTTY });
     try {
       const r = await replicate({
@@ -110,6 +112,8 @@ export function buildProgram(): Command {
         cacheMaxBytes: o.cacheMaxGb * 1024 ** 3,
         intervalMs: parseDuration(o.interval, '--interval'),
         tagIntervalMs: parseDuration(o.tagInterval, '--tag-interval'),
+        ...(o.appTagInterval ? { appTagIntervalMs: parseDuration(o.appTagInterval, '--app-tag-interval') } : {}),
+        ...(o.preTagHook ? { preTagHook: o.preTagHook } : {}),
         onProgress: (e) => view.onProgress(e),
         onPass: liveLine(view),
         signal: stopSignal(),

@@ -4,13 +4,15 @@
  * changed with debugfs; the next pass sends exactly the changed 64 KiB blocks; a restart
  * sends nothing that did not change.
  */
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { churn } from '../../../local/appliance/churn';
 import { enable, replicate } from '../../../local/appliance/commands';
 import { loadVmState } from '../../../local/appliance/state';
 import { startTestStack, type TestStack } from '../../support/stack';
+import { waitFor } from '../../support/wait';
 import { blockDiff, debugfs, makeExt4Image, readCloudDisk, startStandInApplier, type StandInApplier } from './helpers';
 
 const MiB = 1024 * 1024;
@@ -99,4 +101,39 @@ describe('ferry replicate --once with an ext4 image', () => {
     expect(r.disks[0]!.zeroBytes).toBe(diff.zeroBytes);
     expect((await readCloudDisk(stack, VM, 'disk0', 48 * MiB)).equals(changed)).toBe(true);
   });
+
+  it('continuous mode: TrackedDisk churn travels from the journal every pass, with crash- and app-consistent tags (pre-tag hook)', async () => {
+    const hookMark = join(dir, 'hook-ran');
+    const ac = new AbortController();
+    const passes: { dirty: number; data: number; scanned: number; tagged: boolean }[] = [];
+    const running = replicate({
+      ...common(),
+      vm: VM,
+      intervalMs: 300,
+      tagIntervalMs: 1500,
+      appTagIntervalMs: 2500,
+      preTagHook: `touch ${hookMark}`,
+      signal: ac.signal,
+      onPass: (r) => passes.push({ dirty: r.disks[0]!.dirtyBytes, data: r.disks[0]!.dataBytes, scanned: r.disks[0]!.scannedBytes, tagged: r.tagId !== undefined }),
+    });
+    const churned = await churn({ disk: image, stateDir, bytesPerSecond: 2_000_000, ioSize: 4096, pattern: 'random', durationMs: 4000 });
+    expect(churned.bytes).toBeGreaterThan(6_000_000);
+    await waitFor(() => passes.length >= 2 && passes.slice(1).some((p) => p.dirty > 0), 'a pass that sent journal ranges');
+    ac.abort();
+    await running;
+    expect(existsSync(hookMark)).toBe(true);
+    expect(passes.some((p) => p.tagged)).toBe(true);
+    // after the first pass, no rescan: only the journal's ranges are read and sent
+    expect(passes.slice(1).every((p) => p.scanned === 0)).toBe(true);
+    const sentByDelta = passes.slice(1).reduce((a, p) => a + p.data, 0);
+    expect(sentByDelta).toBeLessThanOrEqual(churned.bytes);
+    const r = await replicate({ ...common(), vm: VM, once: true });
+    expect(r.state).toBe('protected');
+    expect((await readCloudDisk(stack, VM, 'disk0', 48 * MiB)).equals(readFileSync(image))).toBe(true);
+    const rps = await fetch(`${stack.apiUrl}/vms/${VM}/recovery-points`, { headers: { 'x-functions-key': stack.functionKey } });
+    if (rps.status === 200) {
+      const body = (await rps.json()) as { recoveryPoints: { type: string }[] };
+      expect(body.recoveryPoints.some((p) => p.type === 'app-consistent')).toBe(true);
+    }
+  }, 90_000);
 });
