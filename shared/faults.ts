@@ -14,6 +14,9 @@
  *   apply.captured         (tagged batches) capture manifest and row written, sequence not recorded
  *   apply.recorded         applied sequence recorded, VM state and staging blob not updated
  *   apply.done             everything done but the message not yet completed
+ *
+ * And in an operation (services/operations.ts):
+ *   operation.disk-exported  one disk's VHD written and recorded, the others and the VM's state not yet
  */
 export type FaultPoint =
   | 'apply.state-read'
@@ -24,7 +27,8 @@ export type FaultPoint =
   | 'capture.snapshotted'
   | 'apply.captured'
   | 'apply.recorded'
-  | 'apply.done';
+  | 'apply.done'
+  | 'operation.disk-exported';
 
 const armed = process.env.FERRY_FAULT_KILL_AT;
 

@@ -17,6 +17,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { EXTENT_BYTES } from '../domain/extents';
+import { faultPoint } from '../faults';
 import { parseRecoveryPointId, recoveryPointId } from '../domain/recovery-points';
 import { transition, type VmEventType } from '../domain/state-machine';
 import { encodeVhdFooter, vhdDataBytes } from '../domain/vhd';
@@ -184,6 +185,7 @@ export async function runOperation(deps: OperationDeps, message: OperationMessag
         const disk = found.disks.find((d) => d.diskId === diskId)!;
         const result = await exportFixedVhd(deps, { vmId: op.vmId, diskId }, disk.sizeBytes, op.tagId ?? 0, vhdTarget(op, diskId), op);
         op = await saveOperation(deps, { ...op, disks: [...op.disks, result] });
+        faultPoint('operation.disk-exported');
       }
     }
     await finishVm(deps, op, 'succeeded');
