@@ -19,6 +19,8 @@ import { DEFAULT_POLICY } from '../../../shared/domain/policy';
 import { EXTENT_BYTES, SEGMENT_BYTES } from '../../../shared/domain/extents';
 import type { BatchRecord } from '../../../shared/domain/wire-format';
 import { exportFixedVhd } from '../../../shared/services/operations';
+import { captureAtTag, enforceRetention, listRecoveryPoints } from '../../../shared/services/recovery-points';
+import type { BatchHeader } from '../../../shared/domain/wire-format';
 import { startAzurite, type TestAzurite } from '../../support/azurite';
 import { imageRecords, makeExt4Image } from './ext4';
 
@@ -130,5 +132,38 @@ describe('BlobCaptureStore and BlobVhdStore (Azurite)', () => {
     await state.deleteCapture('rows-01', 'disk0', 12);
     await state.deleteCapture('rows-01', 'disk0', 12);
     expect(await state.listCaptures('rows-01')).toEqual([]);
+  });
+
+  it('retention deletes expired points, their manifests and the snapshots only they used', async () => {
+    const state = TableStateStore.fromConnectionString(azurite.connectionString, `ret${process.pid}`);
+    const clock = { now: Date.now() };
+    const deps = { state, disks, captures, masterKey: randomBytes(32), now: () => clock.now, randomBytes };
+    const vmId = 'ret-01';
+    const size = SEGMENT_BYTES + 4 * MiB;
+    const disk = { vmId, diskId: 'disk0', sizeBytes: size, epoch: 1, appliedSequence: 0, lastAppliedAt: 0, lastCapturedAt: 0, initialCoveredBytes: size, initialComplete: true };
+    await state.createVm({ vmId, state: 'protected', policy: { ...DEFAULT_POLICY, recoveryPointRetentionHours: 1 }, createdAt: 1, updatedAt: 1, keyId: 1, deadLetteredCount: 0, recentIssues: [] }, [disk], { vmId, keyId: 1, wrapped: randomBytes(61), createdAt: 1 });
+    await disks.create(disk, size);
+    const header = (tagId: number) => ({ consistency: { kind: 'crash-consistent', tagId }, epoch: 1, sequence: tagId, capturedAt: clock.now, initialReplicationComplete: false }) as BatchHeader;
+    for (let tag = 1; tag <= 3; tag++) {
+      await disks.apply(disk, size, [{ kind: 'data', offset: SEGMENT_BYTES, data: Buffer.alloc(4096, tag) }]); // segment 1 changes each time
+      if (tag === 1) await disks.apply(disk, size, [{ kind: 'data', offset: 0, data: Buffer.alloc(4096, 9) }]); // segment 0 once
+      await captureAtTag(deps, disk, header(tag));
+      clock.now += 3600_000;
+    }
+    const snapshots = async () => {
+      let n = 0;
+      for await (const b of service.getContainerClient('disks').listBlobsFlat({ prefix: `${vmId}/disk0/seg-`, includeSnapshots: true })) if (b.snapshot) n++;
+      return n;
+    };
+    expect(await snapshots()).toBe(4); // segment 0 once, segment 1 three times
+    expect((await listRecoveryPoints(deps, vmId)).map((p) => p.id)).toEqual(['rp-3', 'rp-2', 'rp-1']);
+
+    const [report] = await enforceRetention(deps, { graceMs: 0 });
+    expect(report).toEqual({ vmId, deletedCaptures: 2, deletedSnapshots: 2 });
+    expect((await listRecoveryPoints(deps, vmId)).map((p) => p.id)).toEqual(['rp-3']);
+    expect(await snapshots()).toBe(2);
+    expect(await captures.hasCapture(disk, 1)).toBe(false);
+    expect((await captures.readExtent(disk, size, 3, 0)).subarray(0, 4096).every((b) => b === 9)).toBe(true); // shared with rp-1, kept
+    expect((await captures.readExtent(disk, size, 3, 256)).subarray(0, 4096).every((b) => b === 3)).toBe(true);
   });
 });
