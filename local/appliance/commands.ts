@@ -108,7 +108,7 @@ export interface RunOptions extends CommonOptions {
   intervalMs?: number;
   /** Crash-consistent tag cadence in continuous mode; default 5 min (as Azure Site Recovery). */
   tagIntervalMs?: number;
-  /** Full rescan cadence in continuous mode (changes not made through TrackedDisk); default 60 s. */
+  /** Full rescan cadence in continuous mode (changes not made through TrackedDisk); default 10 min. */
   rescanIntervalMs?: number;
   /** App-consistent tag cadence in continuous mode (default: none); needs `preTagHook` to mean anything. */
   appTagIntervalMs?: number;
@@ -163,7 +163,7 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
     const interval = options.intervalMs ?? 5000;
     while (!options.signal?.aborted) {
       const started = Date.now();
-      const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 60_000);
+      const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 600_000);
       let tag: ConsistencyKind | undefined = started - lastTag >= (options.tagIntervalMs ?? 300_000) ? 'crash-consistent' : undefined;
       if (options.appTagIntervalMs !== undefined && started - lastAppTag >= options.appTagIntervalMs) {
         lastAppTag = started;

@@ -93,12 +93,13 @@ export function buildProgram(): Command {
       .option('--limit-mbps <x>', 'cap upload bandwidth (megabits per second)', numArg('--limit-mbps'))
       .option('--interval <duration>', 'time between delta passes', '5s')
       .option('--tag-interval <duration>', 'crash-consistent tag cadence', '5m')
+      .option('--rescan-interval <duration>', 'full fingerprint rescan cadence (finds changes not made through TrackedDisk)', '10m')
       .option('--app-tag-interval <duration>', 'app-consistent tag cadence (default: none)')
       .option('--pre-tag-hook <command>', 'shell command run before each app-consistent tag (e.g. fsfreeze)')
       .option('--cache-dir <dir>', 'offline cache (default <state-dir>/cache)')
       .option('--cache-max-gb <n>', 'bound of the offline cache; the agent pauses when it is full', numArg('--cache-max-gb'), 10)
       .addHelpText('after', '\nExamples:\n  ferry replicate --vm web-01 --once\n  ferry replicate --vm web-01 --threads 8 --limit-mbps 200'),
-  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; interval: string; tagInterval: string; appTagInterval?: string; preTagHook?: string; cacheDir?: string; cacheMaxGb: number }) => {
+  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; interval: string; tagInterval: string; rescanInterval: string; appTagInterval?: string; preTagHook?: string; cacheDir?: string; cacheMaxGb: number }) => {
     const view = progressView({ json: !!o.json, tty: !!process.stdout.isTTY });
     try {
       const r = await replicate({
@@ -112,6 +113,7 @@ export function buildProgram(): Command {
         cacheMaxBytes: o.cacheMaxGb * 1024 ** 3,
         intervalMs: parseDuration(o.interval, '--interval'),
         tagIntervalMs: parseDuration(o.tagInterval, '--tag-interval'),
+        rescanIntervalMs: parseDuration(o.rescanInterval, '--rescan-interval'),
         ...(o.appTagInterval ? { appTagIntervalMs: parseDuration(o.appTagInterval, '--app-tag-interval') } : {}),
         ...(o.preTagHook ? { preTagHook: o.preTagHook } : {}),
         onProgress: (e) => view.onProgress(e),
@@ -164,13 +166,14 @@ export function buildProgram(): Command {
       .option('--fingerprint <sha256>', "the process server certificate's SHA-256 fingerprint, checked at first contact")
       .option('--once', 'one pass ending with a crash-consistent tag; exit 0 when the cloud has applied it')
       .option('--interval <duration>', 'time between delta passes', '5s')
+      .option('--rescan-interval <duration>', 'full fingerprint rescan cadence', '10m')
       .addHelpText('after', '\nExample:\n  ferry agent --vm web-01 --process-server https://ps-01:9443 --once'),
-  ).action(async (o: Common & { vm: string; processServer: string; fingerprint?: string; once?: boolean; interval: string }) => {
+  ).action(async (o: Common & { vm: string; processServer: string; fingerprint?: string; once?: boolean; interval: string; rescanInterval: string }) => {
     const view = progressView({ json: !!o.json, tty: !!process.stdout.isTTY });
     try {
       const sink = new RemoteSink(o.processServer, o.stateDir, o.vm, o.fingerprint ? { fingerprint: o.fingerprint } : {});
       const r = await runAgent(
-        { api: o.api, stateDir: o.stateDir, vm: o.vm, once: !!o.once, intervalMs: parseDuration(o.interval, '--interval'), onProgress: (e) => view.onProgress(e), onPass: liveLine(view), signal: stopSignal() },
+        { api: o.api, stateDir: o.stateDir, vm: o.vm, once: !!o.once, intervalMs: parseDuration(o.interval, '--interval'), rescanIntervalMs: parseDuration(o.rescanInterval, '--rescan-interval'), onProgress: (e) => view.onProgress(e), onPass: liveLine(view), signal: stopSignal() },
         sink,
       );
       view.stop();
