@@ -21,6 +21,7 @@
  * Not mirrored: `prefetchCount` (the JS client has no prefetch).
  */
 import {
+import { setMaxListeners } from 'node:events';
   isServiceBusError,
   ServiceBusClient,
   type ServiceBusReceivedMessage,
@@ -59,7 +60,8 @@ export class ServiceBusListener {
   private readonly sdk: boolean;
   private readonly log: Logger;
   private client: ServiceBusClient | undefined;
-  private readonly abort = new AbortController();
+  /** One signal shared by every receive loop (up to maxConcurrentSessions of them): no listener cap. */
+  private readonly abort = unboundedAbortController();
   private readonly receivers = new Set<ServiceBusReceiver | ServiceBusSessionReceiver>();
   private subscription: { close(): Promise<void> } | undefined;
   private readonly loops: Loop[] = [];
@@ -358,4 +360,10 @@ function delay(ms: number, signal: AbortSignal): Promise<void> {
     }
     signal.addEventListener('abort', done, { once: true });
   });
+}
+
+function unboundedAbortController(): AbortController {
+  const c = new AbortController();
+  setMaxListeners(0, c.signal);
+  return c;
 }
