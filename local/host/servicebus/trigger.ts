@@ -20,8 +20,8 @@
  *
  * Not mirrored: `prefetchCount` (the JS client has no prefetch).
  */
-import {
 import { setMaxListeners } from 'node:events';
+import {
   isServiceBusError,
   ServiceBusClient,
   type ServiceBusReceivedMessage,
