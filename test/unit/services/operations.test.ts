@@ -101,6 +101,26 @@ describe('recovery points', () => {
     expect((await listRecoveryPoints(w.deps, VM)).length).toBe(1);
   });
 
+  it('converge when the host dies after the capture and before the sequence is recorded', async () => {
+    await send(w, 'disk1', [], { initialReplicationComplete: true, ...tag(1) });
+    const putDisk = w.deps.state.putDisk.bind(w.deps.state);
+    let failed = false;
+    w.deps.state.putDisk = async (d) => {
+      if (!failed) {
+        failed = true;
+        throw new Error('host killed');
+      }
+      return putDisk(d);
+    };
+    const records = [data(0, 4096, 1)];
+    await expect(send(w, 'disk0', records, { initialReplicationComplete: true, ...tag(1) })).rejects.toThrow('host killed');
+    expect(await w.captures.hasCapture({ vmId: VM, diskId: 'disk0' }, 1)).toBe(true);
+    w.seq.disk0 = 0;
+    expect((await send(w, 'disk0', records, { initialReplicationComplete: true, ...tag(1) })).kind).toBe('applied');
+    expect((await listRecoveryPoints(w.deps, VM)).map((p) => p.id)).toEqual(['rp-1']);
+    expect(w.captures.captures.size).toBe(2);
+  });
+
   it('expire by retention, keeping the newest', async () => {
     await protect(w);
     await send(w, 'disk0', [], tag(2));
@@ -213,6 +233,34 @@ describe('operations', () => {
     expect((await runOperation(w.deps, w.queued[0]!)).kind).toBe('failed');
     expect(await getOperation(w.deps, VM, operationId)).toMatchObject({ status: 'failed', error: { code: 'CAPTURE_NOT_FOUND' } });
     expect((await getVm(w.deps, VM)).state).toBe('protected');
+  });
+
+  it('fail on the last delivery instead of throwing, releasing the VM', async () => {
+    await protect(w);
+    const { operationId } = await startOperation(w.deps, 'test-migrate', VM, {});
+    w.vhds.create = async () => {
+      throw new Error('storage down');
+    };
+    await expect(runOperation(w.deps, w.queued[0]!)).rejects.toThrow('storage down');
+    expect((await runOperation(w.deps, w.queued[0]!, { finalAttempt: true })).kind).toBe('failed');
+    expect(await getOperation(w.deps, VM, operationId)).toMatchObject({ status: 'failed', error: { code: 'OPERATION_FAILED', message: 'storage down' } });
+    expect((await getVm(w.deps, VM)).state).toBe('test-migrating'); // its (partial) disks remain until cleanup
+    expect((await startOperation(w.deps, 'test-migrate-cleanup', VM, {})).operationId).toMatch(/^op-/);
+  });
+
+  it('record the outcome when the VM was released but the status not saved (crash in between)', async () => {
+    await protect(w);
+    const { operationId } = await startOperation(w.deps, 'migrate', VM, {});
+    const putOperation = w.deps.state.putOperation.bind(w.deps.state);
+    w.deps.state.putOperation = async (op) => {
+      if (op.status === 'succeeded') throw new Error('host killed');
+      return putOperation(op);
+    };
+    await expect(runOperation(w.deps, w.queued[0]!)).rejects.toThrow('host killed');
+    expect((await getVm(w.deps, VM)).state).toBe('migrated');
+    w.deps.state.putOperation = putOperation;
+    expect((await runOperation(w.deps, w.queued[0]!)).kind).toBe('succeeded');
+    expect((await getOperation(w.deps, VM, operationId)).status).toBe('succeeded');
   });
 
   it('409 without a recovery point, 404 for an unknown operation', async () => {
