@@ -1,5 +1,8 @@
 import { defineConfig } from 'vitest/config';
 
+// mke2fs, debugfs and e2fsck live in /usr/sbin, which a non-login PATH may lack.
+process.env.PATH = [process.env.PATH, '/usr/sbin', '/sbin'].filter(Boolean).join(':');
+
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
