@@ -33,6 +33,11 @@ export function errorResponse(err: unknown, context: InvocationContext): HttpRes
     if (err.status >= 500) context.warn(`${err.code}: ${err.message}`);
     return json(err.status, err.toJSON());
   }
+  if (err instanceof Error && err.name === 'ConfigurationError') {
+    // A missing or malformed app setting: say which (the message names the setting, never its value).
+    context.error(err.message);
+    return json(500, { code: 'CONFIGURATION_ERROR', message: err.message });
+  }
   context.error(`Unexpected error: ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
   const internal = new ApiError('INTERNAL', `An unexpected error occurred (invocation ${context.invocationId}); it has been logged. Retry, and report it if it persists.`);
   return json(500, internal.toJSON());
