@@ -100,7 +100,7 @@ async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<Apply
   if (!acceptsBatches(found.vm.state)) {
     const why =
       found.vm.state === 'migrated'
-        ? 'VM was migrated to Azure (state \'migrated\'): replication has stopped and no more batches are applied. Stop the appliance for this VM'
+        ? `VM was migrated to Azure (state 'migrated'): replication has stopped and no more batches are applied. Stop the appliance for this VM`
         : `VM is in state '${found.vm.state}' and takes no more batches. Enable replication again (POST /api/vms/${vmId}/enable-replication) or stop the appliance for this VM`;
     return deadLetter('VmNotReplicating', `Batch for ${where}: the ${why}.`, env);
   }
