@@ -128,8 +128,27 @@ export async function startOperation(deps: OperationDeps, type: OperationType, r
     await deps.state.putOperation({ ...op, status: 'failed', error, updatedAt: deps.now() }).catch(() => undefined);
     throw err;
   }
-  await deps.queue.enqueue({ vmId, operationId });
+  try {
+    await deps.queue.enqueue({ vmId, operationId });
+  } catch (err) {
+    // Nothing has run: undo the start so the caller can simply retry.
+    await abandonStart(deps, op);
+    throw new ApiError('STORAGE_UNAVAILABLE', `${type} of VM '${vmId}' could not be queued (Service Bus queue 'operations' did not answer); nothing was started, retry shortly.`, { cause: err });
+  }
   return { operationId };
+}
+
+/** Reverts a start whose message could not be queued: the VM back where it was, the operation failed. */
+async function abandonStart(deps: OperationDeps, op: OperationRecord): Promise<void> {
+  const revert: VmEventType | undefined = op.type === 'test-migrate' ? 'testCleanup' : op.type === 'migrate' ? 'migrateFailed' : undefined;
+  await updateVmWithRetry(deps, op.vmId, (vm) => {
+    if (vm.activeOperationId !== op.operationId) return vm;
+    const { activeOperationId: _abandoned, ...rest } = vm;
+    const t = revert ? transition(vm.state, { type: revert }, { vmId: vm.vmId }) : undefined;
+    return t?.ok ? { ...rest, state: t.state } : rest;
+  });
+  const current = (await deps.state.getOperation(op.vmId, op.operationId)) ?? op;
+  await saveOperation(deps, { ...current, status: 'failed', error: { code: 'NOT_QUEUED', message: `Operation '${op.operationId}' could not be queued; nothing was started.` } });
 }
 
 /** 409 unless the VM is idle and in a state the operation can start from. */

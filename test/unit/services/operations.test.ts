@@ -263,6 +263,17 @@ describe('operations', () => {
     expect((await getOperation(w.deps, VM, operationId)).status).toBe('succeeded');
   });
 
+  it('answer 503 and undo the start when the operation cannot be queued', async () => {
+    await protect(w);
+    w.deps.queue.enqueue = async () => {
+      throw new Error('Service Bus down');
+    };
+    expect(await errorOf(startOperation(w.deps, 'migrate', VM, {}))).toMatchObject({ code: 'STORAGE_UNAVAILABLE', status: 503, message: expect.stringMatching(/nothing was started, retry shortly/) });
+    const vm = await w.deps.state.getVm(VM);
+    expect(vm?.vm.state).toBe('protected');
+    expect(vm?.vm.activeOperationId).toBeUndefined();
+  });
+
   it('409 without a recovery point, 404 for an unknown operation', async () => {
     await send(w, 'disk0', [], { initialReplicationComplete: true });
     await send(w, 'disk1', [], { initialReplicationComplete: true });
