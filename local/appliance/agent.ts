@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ConsistencyKind } from '../../shared/domain/wire-format';
 import { BATCH_DATA_BYTES, BatchBuilder, BufferPool, type PlainBatch } from './batching';
-import { openSourceDisk, type SourceDisk } from './disk-io';
+import { openSourceDisk, readFully, type SourceDisk } from './disk-io';
 import { ApplianceError } from './errors';
 import { closeSync } from 'node:fs';
 import { FingerprintMap, FP_BLOCK_BYTES, fingerprint, zeroFingerprint } from './fingerprints';
@@ -226,10 +226,8 @@ export class MobilityAgent {
     };
 
     // 1. the change journal: exactly the written sectors; fingerprints of the touched blocks follow
-    for (const range of journal.ranges) {
-      await this.sendDirty(r, range, addData, addZero);
-      stats.dirtyBytes += range.length;
-    }
+    for (const range of journal.ranges) stats.dirtyBytes += range.length;
+    await this.sendDirty(r, journal.ranges.map((x) => ({ ...x })), addData, addZero);
 
     // 2. the initial copy (resumed) or a rescan; records of a batch must be sorted, so the
     // journal's batch is closed first
@@ -291,30 +289,67 @@ export class MobilityAgent {
     }
   }
 
+  /**
+   * Sends the journal's ranges as written (sector granularity) and refreshes the fingerprints
+   * of the 64 KiB blocks they touch. Runs of touched blocks are read with one synchronous read
+   * each (page-cache reads of a few KiB to 4 MiB; random 4 KiB churn touches thousands of
+   * blocks per pass, and a thread-pool hop per block would cost more than the read).
+   */
   private async sendDirty(
     r: DiskRun,
-    range: DirtyRange,
+    ranges: DirtyRange[],
     addData: (o: number, d: Buffer, at: number) => Promise<void>,
     addZero: (o: number, l: number, at: number) => Promise<void>,
   ): Promise<void> {
+    if (ranges.length === 0) return;
     const size = r.d.sizeBytes;
-    const rEnd = Math.min(size, range.offset + range.length);
-    const from = alignDown(range.offset, FP_BLOCK_BYTES);
-    const to = Math.min(size, alignDown(rEnd + FP_BLOCK_BYTES - 1, FP_BLOCK_BYTES));
-    await this.readExtents(r, from, to, async (buf, off, len, at) => {
-      for (let b = off; b < off + len; b += FP_BLOCK_BYTES) {
-        const blen = Math.min(FP_BLOCK_BYTES, size - b);
-        const block = buf.subarray(b - off, b - off + blen);
-        // the dirty part of this block, sent as written (sector granularity)
-        const s = Math.max(b, range.offset);
-        const e = Math.min(b + blen, rEnd);
-        if (e > s) {
-          const piece = buf.subarray(s - off, e - off);
-          if (piece.equals(ZERO_EXTENT.subarray(0, piece.length))) await addZero(s, e - s, at);
-          else await addData(s, piece, at);
+    const buf = await r.readPool.acquire();
+    try {
+      let i = 0;
+      while (i < ranges.length) {
+        // a run of blocks: from the first range's block to the end of the last range whose
+        // block is adjacent, at most one extent
+        const from = alignDown(ranges[i]!.offset, FP_BLOCK_BYTES);
+        let to = Math.min(size, alignDown(ranges[i]!.offset + ranges[i]!.length + FP_BLOCK_BYTES - 1, FP_BLOCK_BYTES));
+        let j = i + 1;
+        while (j < ranges.length) {
+          const nFrom = alignDown(ranges[j]!.offset, FP_BLOCK_BYTES);
+          const nTo = Math.min(size, alignDown(ranges[j]!.offset + ranges[j]!.length + FP_BLOCK_BYTES - 1, FP_BLOCK_BYTES));
+          if (nFrom > to || nTo - from > EXTENT_BYTES) break;
+          to = Math.max(to, nTo);
+          j++;
         }
-        r.fp.set(b / FP_BLOCK_BYTES, block.equals(ZERO_EXTENT.subarray(0, blen)) ? zeroFingerprint(blen) : fingerprint(block));
+        if (to - from > EXTENT_BYTES) to = from + EXTENT_BYTES; // one long range: split below
+        const at = Date.now();
+        readFully(r.src.fd, buf, to - from, from);
+        // the dirty pieces, in order
+        for (let k = i; k < j; k++) {
+          const rg = ranges[k]!;
+          const s0 = Math.max(rg.offset, from);
+          const e0 = Math.min(rg.offset + rg.length, to, size);
+          for (let b = alignDown(s0, FP_BLOCK_BYTES); b < e0; b += FP_BLOCK_BYTES) {
+            const ps = Math.max(b, s0);
+            const pe = Math.min(b + FP_BLOCK_BYTES, e0);
+            const piece = buf.subarray(ps - from, pe - from);
+            if (piece.equals(ZERO_EXTENT.subarray(0, piece.length))) await addZero(ps, pe - ps, at);
+            else await addData(ps, piece, at);
+          }
+        }
+        for (let b = from; b < to; b += FP_BLOCK_BYTES) {
+          const blen = Math.min(FP_BLOCK_BYTES, size - b);
+          const block = buf.subarray(b - from, b - from + blen);
+          r.fp.set(b / FP_BLOCK_BYTES, block.equals(ZERO_EXTENT.subarray(0, blen)) ? zeroFingerprint(blen) : fingerprint(block));
+        }
+        if (j === i + 1 && ranges[i]!.offset + ranges[i]!.length > to) {
+          // a range longer than an extent: continue it from `to`
+          const rest = ranges[i]!.offset + ranges[i]!.length - to;
+          ranges[i] = { offset: to, length: rest };
+          continue;
+        }
+        i = j;
       }
-    });
+    } finally {
+      r.readPool.release(buf);
+    }
   }
 }

@@ -177,8 +177,12 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
       options.onPass?.(last, { lagMs: Date.now() - started, backlogBatches: st.pendingBatches, sentBytes: st.sentBytes });
       const wait = Math.max(0, interval - (Date.now() - started));
       await new Promise<void>((r) => {
-        const t = setTimeout(r, wait);
-        options.signal?.addEventListener('abort', () => (clearTimeout(t), r()), { once: true });
+        const onAbort = () => (clearTimeout(t), r());
+        const t = setTimeout(() => {
+          options.signal?.removeEventListener('abort', onAbort);
+          r();
+        }, wait);
+        options.signal?.addEventListener('abort', onAbort, { once: true });
       });
     }
     return { vmId: options.vm, passes, disks: last?.disks ?? [] };

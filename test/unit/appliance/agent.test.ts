@@ -134,7 +134,7 @@ describe('MobilityAgent', () => {
     writeFileSync(a, img);
     enableLocally(stateDir, 'vm2', [{ path: a, size: img.length }]);
     const sink = new ModelSink();
-    sink.failAt = 4;
+    sink.failAt = 2;
     const agent = new MobilityAgent(stateDir, 'vm2', sink, { checkpointMs: 0 });
     await expect(agent.pass({ tag: 'crash-consistent' })).rejects.toThrow('sink down');
     agent.close();
@@ -145,7 +145,7 @@ describe('MobilityAgent', () => {
     const resumed = new MobilityAgent(stateDir, 'vm2', sink, { checkpointMs: 0 });
     const r = await resumed.pass({ tag: 'crash-consistent' });
     resumed.close();
-    expect(r.disks[0]!.firstSequence).toBe(5);
+    expect(r.disks[0]!.firstSequence).toBe(3);
     expect(r.disks[0]!.scannedBytes).toBe(img.length - covered);
     expect(sink.models.get('disk0')!.equals(img)).toBe(true);
     expect(loadVmState(stateDir, 'vm2').disks[0]!.initialComplete).toBe(true);
