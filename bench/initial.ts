@@ -96,12 +96,21 @@ export async function run(): Promise<BenchResult[]> {
       const mbps = SIZE / MiB / ferry;
       const plainMbps = SIZE / MiB / plain;
       results.push({
-        name: `replicate --once, ${SIZE / MiB} MiB ${kind} (read+sealed ${phases.pass.toFixed(1)} s, sent ${phases.sent.toFixed(1)} s, applied ${ferry.toFixed(1)} s; plain ${plain.toFixed(1)} s)`,
+        name: `replicate --once, ${SIZE / MiB} MiB ${kind}, until applied (${ferry.toFixed(1)} s vs ${plain.toFixed(1)} s)`,
         value: mbps,
         unit: 'MiB/s',
         baseline: { name: 'plain uploadFile', value: plainMbps },
         ratio: mbps / plainMbps,
         target: kind === 'random' ? '>= 0.5x' : '>= 1.0x',
+      });
+      // the appliance's own part: read, fingerprint, seal, upload, every message on the queue
+      const sentMbps = SIZE / MiB / phases.sent;
+      results.push({
+        name: `  appliance part, until sent (read+sealed ${phases.pass.toFixed(1)} s, sent ${phases.sent.toFixed(1)} s)`,
+        value: sentMbps,
+        unit: 'MiB/s',
+        baseline: { name: 'plain uploadFile', value: plainMbps },
+        ratio: sentMbps / plainMbps,
       });
       rmSync(path, { force: true });
     }
