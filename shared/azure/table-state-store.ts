@@ -60,6 +60,7 @@ function vmToEntity(vm: VmRecord): TableEntity {
     recentIssues: JSON.stringify(vm.recentIssues),
     lastHealth: vm.lastHealth ? JSON.stringify(vm.lastHealth) : '',
     activeOperationId: vm.activeOperationId ?? '',
+    resync: vm.resync ? JSON.stringify(vm.resync) : '',
   };
 }
 
@@ -77,6 +78,7 @@ function vmFromEntity(e: Row): VmRecord {
     recentIssues: JSON.parse(String(e.recentIssues ?? '[]')) as VmRecord['recentIssues'],
     ...(typeof e.lastHealth === 'string' && e.lastHealth ? { lastHealth: JSON.parse(e.lastHealth) as NonNullable<VmRecord['lastHealth']> } : {}),
     ...(typeof e.activeOperationId === 'string' && e.activeOperationId ? { activeOperationId: e.activeOperationId } : {}),
+    ...(typeof e.resync === 'string' && e.resync ? { resync: JSON.parse(e.resync) as NonNullable<VmRecord['resync']> } : {}),
     etag: e.etag,
   };
 }

@@ -13,6 +13,7 @@
  */
 import type { ReplicationPolicy } from '../domain/policy';
 import type { CaptureRecord } from '../domain/recovery-points';
+import type { ResyncRecord } from '../domain/resync';
 import type { VmState } from '../domain/state-machine';
 
 export interface HealthIssueRecord {
@@ -38,6 +39,8 @@ export interface VmRecord {
   lastHealth?: { health: string; codes: string[]; rpoSeconds: number | null; at: number };
   /** The operation (test-migrate, cleanup, migrate) running on this VM; at most one at a time. */
   activeOperationId?: string;
+  /** While in `resync-required`: the epoch the resync uses (shared/domain/resync.ts, docs/resync.md). */
+  resync?: ResyncRecord;
   etag?: string;
 }
 

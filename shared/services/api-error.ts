@@ -10,6 +10,7 @@ export type ApiErrorCode =
   | 'INVALID_REQUEST'
   | 'INVALID_ID'
   | 'VM_NOT_FOUND'
+  | 'DISK_NOT_FOUND'
   | 'ALREADY_ENABLED'
   | 'INVALID_TRANSITION'
   | 'RECOVERY_POINT_NOT_FOUND'
@@ -18,6 +19,7 @@ export type ApiErrorCode =
   | 'OPERATION_NOT_FOUND'
   | 'PAYLOAD_TOO_LARGE'
   | 'STORAGE_UNAVAILABLE'
+  | 'REPLICA_CHANGING'
   | 'INTERNAL';
 
 const STATUS: Readonly<Record<ApiErrorCode, number>> = {
@@ -25,6 +27,7 @@ const STATUS: Readonly<Record<ApiErrorCode, number>> = {
   INVALID_REQUEST: 400,
   INVALID_ID: 400,
   VM_NOT_FOUND: 404,
+  DISK_NOT_FOUND: 404,
   ALREADY_ENABLED: 409,
   INVALID_TRANSITION: 409,
   RECOVERY_POINT_NOT_FOUND: 404,
@@ -33,6 +36,7 @@ const STATUS: Readonly<Record<ApiErrorCode, number>> = {
   OPERATION_NOT_FOUND: 404,
   PAYLOAD_TOO_LARGE: 413,
   STORAGE_UNAVAILABLE: 503,
+  REPLICA_CHANGING: 503,
   INTERNAL: 500,
 };
 
@@ -73,6 +77,10 @@ export const apiErrors = {
   invalidId: (field: string) =>
     new ApiError('INVALID_ID', `${field} must match ^[a-z0-9][a-z0-9-]{0,62}$: 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit.`),
   vmNotFound: (vmId: string) => new ApiError('VM_NOT_FOUND', `VM '${vmId}' is not known; enable replication first (POST /api/vms/${vmId}/enable-replication) or list VMs (GET /api/vms).`),
+  diskNotFound: (vmId: string, diskId: string, diskIds: readonly string[]) =>
+    new ApiError('DISK_NOT_FOUND', `VM '${vmId}' has no disk '${diskId}'${diskIds.length ? ` (it has ${diskIds.join(', ')})` : ''}; see its disks with GET /api/vms/${vmId}.`),
+  replicaChanging: (vmId: string, diskId: string, attempts: number) =>
+    new ApiError('REPLICA_CHANGING', `The replica of VM '${vmId}' disk '${diskId}' changed ${attempts} times while its hashes were read (batches are being applied); retry, or read the hashes once the appliance has paused sending for this disk.`),
   alreadyEnabled: (vmId: string, state: string) =>
     new ApiError('ALREADY_ENABLED', `Replication of VM '${vmId}' is already enabled (state '${state}'); disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`),
   invalidTransition: (message: string) => new ApiError('INVALID_TRANSITION', message),

@@ -209,9 +209,11 @@ async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, ba
       current = fresh;
     }
   }
-  if (!h.initialReplicationComplete || disk.initialComplete) return undefined;
+  // In a new epoch (a resync) the disk's stored initialComplete is the old epoch's, and every
+  // disk must have completed this epoch, not an older one.
+  if (!h.initialReplicationComplete || (disk.initialComplete && disk.epoch === h.epoch)) return undefined;
   const after = await deps.state.getVm(vm.vmId);
-  if (!after || !after.disks.every((d) => d.initialComplete)) return undefined;
+  if (!after || !after.disks.every((d) => d.initialComplete && d.epoch === h.epoch)) return undefined;
   let moved: string | undefined;
   await updateVmWithRetry(deps, vm.vmId, (v) => {
     const event = v.state === 'resync-required' ? 'resyncComplete' : 'initialReplicationComplete';

@@ -8,6 +8,7 @@ import { wrapDataKey } from '../codec/key-wrap';
 import { computeHealth, type HealthReason, type Health } from '../domain/health';
 import { diskSpecSchema, vmIdSchema } from '../domain/ids';
 import { DEFAULT_POLICY, replicationPolicySchema, type ReplicationPolicy } from '../domain/policy';
+import { maintainResync, nextEpoch, type ResyncReason } from '../domain/resync';
 import { initialState, transition, type VmState } from '../domain/state-machine';
 import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
 import { ApiError, apiErrors } from './api-error';
@@ -46,7 +47,18 @@ export interface VmView {
   policy: ReplicationPolicy;
   keyId: number;
   createdAt: string;
+  /**
+   * In `resync-required`: the epoch the appliance sends every disk's resync batches in
+   * (docs/resync.md); null in every other state.
+   */
+  resync: ResyncView | null;
   disks: DiskView[];
+}
+
+export interface ResyncView {
+  epoch: number;
+  requestedAt: string;
+  reason: ResyncReason;
 }
 
 export function parseVmId(raw: unknown): string {
@@ -90,6 +102,7 @@ export function toVmView({ vm, disks }: VmWithDisks, now: number): VmView {
     policy: vm.policy,
     keyId: vm.keyId,
     createdAt: new Date(vm.createdAt).toISOString(),
+    resync: toResyncView(vm, ordered),
     disks: ordered.map((d) => ({
       diskId: d.diskId,
       sizeBytes: d.sizeBytes,
@@ -100,6 +113,13 @@ export function toVmView({ vm, disks }: VmWithDisks, now: number): VmView {
       lastCapturedAt: iso(d.lastCapturedAt),
     })),
   };
+}
+
+function toResyncView(vm: VmRecord, disks: readonly DiskRecord[]): ResyncView | null {
+  if (vm.state !== 'resync-required') return null;
+  // A row moved to resync-required before rows carried `resync`: the next epoch, as the hook would set.
+  const r = vm.resync ?? { epoch: nextEpoch(disks), requestedAt: vm.updatedAt, reason: 'sequence-gap' as const };
+  return { epoch: r.epoch, requestedAt: new Date(r.requestedAt).toISOString(), reason: r.reason };
 }
 
 async function guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
@@ -192,12 +212,20 @@ export async function disableReplication(deps: ReplicationDeps, rawVmId: unknown
   });
 }
 
-/** Read-modify-write of the VM row under its ETag; re-reads and retries on a conflict. */
-export async function updateVmWithRetry(deps: ReplicationDeps, vmId: string, change: (vm: VmRecord) => VmRecord, attempts = 8): Promise<VmWithDisks> {
+/**
+ * Read-modify-write of the VM row under its ETag; re-reads and retries on a conflict. Every
+ * writer of the row goes through here, so this also keeps `resync` right (domain/resync.ts):
+ * set whenever the VM is in resync-required (a gap included), dropped otherwise.
+ */
+export async function updateVmWithRetry(deps: ReplicationDeps, vmId: string, change: (vm: VmRecord, disks: DiskRecord[]) => VmRecord, attempts = 8): Promise<VmWithDisks> {
   for (let i = 0; ; i++) {
     const found = await deps.state.getVm(vmId);
     if (!found) throw apiErrors.vmNotFound(vmId);
-    const next = { ...change(found.vm), updatedAt: deps.now() };
+    const now = deps.now();
+    const next: VmRecord = { ...change(found.vm, found.disks), updatedAt: now };
+    const resync = maintainResync(found.vm, next, found.disks, now);
+    if (resync) next.resync = resync;
+    else delete next.resync;
     try {
       const etag = await deps.state.putVm(next);
       return { vm: { ...next, etag }, disks: found.disks };
