@@ -19,6 +19,7 @@ import { EXTENT_BYTES, diskBlobPrefix, extentCount, extentRange, segmentOfExtent
 import { faultPoint } from '../faults';
 import type { CapturedExtent, CaptureStats, CaptureStore } from '../ports/capture-store';
 import { DiskStoreError, type DiskRef } from '../ports/disk-store';
+import { statusOf, runLimited } from './rest';
 
 const MANIFEST_VERSION = 1;
 const SNAPSHOT_CONCURRENCY = 4;
@@ -38,11 +39,6 @@ interface CaptureManifest {
   tagId: number;
   sizeBytes: number;
   segments: CapturedSegment[];
-}
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown })?.statusCode;
-  return typeof s === 'number' ? s : undefined;
 }
 
 function wrap(err: unknown, what: string): DiskStoreError {
@@ -229,13 +225,3 @@ export class BlobCaptureStore implements CaptureStore {
   }
 }
 
-async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      await fn(item);
-    }
-  });
-  await Promise.all(workers);
-}

@@ -34,15 +34,11 @@ import {
 import type { BatchRecord } from '../domain/wire-format';
 import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
 import { faultPoint } from '../faults';
+import { statusOf, runLimited } from './rest';
 
 const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
 const STAGE_CONCURRENCY = 4;
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown })?.statusCode;
-  return typeof s === 'number' ? s : undefined;
-}
 
 function wrap(err: unknown, what: string): DiskStoreError {
   if (err instanceof DiskStoreError) return err;
@@ -204,13 +200,3 @@ export class BlobDiskStore implements DiskStore {
   }
 }
 
-async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      await fn(item);
-    }
-  });
-  await Promise.all(workers);
-}

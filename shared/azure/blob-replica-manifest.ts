@@ -8,13 +8,9 @@ import type { ContainerClient } from '@azure/storage-blob';
 import { EXTENTS_PER_SEGMENT, extentRange, segmentBlobName, segmentInfo, zeroBlockId } from '../domain/extents';
 import { DiskStoreError, type DiskRef } from '../ports/disk-store';
 import type { ReplicaManifest } from '../ports/replica-manifest';
+import { statusOf } from './rest';
 
 const LIST_CONCURRENCY = 8;
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown })?.statusCode;
-  return typeof s === 'number' ? s : undefined;
-}
 
 export class BlobReplicaManifest implements ReplicaManifest {
   constructor(private readonly container: ContainerClient) {}

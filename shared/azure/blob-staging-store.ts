@@ -2,11 +2,7 @@
 import type { ContainerClient } from '@azure/storage-blob';
 import { STAGING_CONTAINER } from '../domain/envelope';
 import type { StagedBlobInfo, StagingStore } from '../ports/staging-store';
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown })?.statusCode;
-  return typeof s === 'number' ? s : undefined;
-}
+import { statusOf } from './rest';
 
 export class StagingTooLargeError extends Error {
   override readonly name = 'StagingTooLargeError';

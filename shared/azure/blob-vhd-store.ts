@@ -6,11 +6,7 @@
 import type { BlobServiceClient, ContainerClient } from '@azure/storage-blob';
 import { DiskStoreError } from '../ports/disk-store';
 import { MAX_PAGE_WRITE_BYTES, type VhdContainer, type VhdStore, type VhdTarget } from '../ports/vhd-store';
-
-function statusOf(err: unknown): number | undefined {
-  const s = (err as { statusCode?: unknown })?.statusCode;
-  return typeof s === 'number' ? s : undefined;
-}
+import { statusOf } from './rest';
 
 function wrap(err: unknown, what: string): DiskStoreError {
   if (err instanceof DiskStoreError) return err;

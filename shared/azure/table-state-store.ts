@@ -4,7 +4,7 @@
  * Numbers are ms timestamps and byte counts below 2^53, stored as Double; structured fields
  * (policy, recent issues) as JSON strings (a property holds at most 64 KiB; both are bounded).
  */
-import { RestError, TableClient, type TableEntity, type TableEntityResult } from '@azure/data-tables';
+import { TableClient, type TableEntity, type TableEntityResult } from '@azure/data-tables';
 import { DEFAULT_POLICY, replicationPolicySchema } from '../domain/policy';
 import type { CaptureRecord } from '../domain/recovery-points';
 import { isVmState } from '../domain/state-machine';
@@ -17,6 +17,7 @@ import {
   type VmWithDisks,
   type WrappedKeyRecord,
 } from '../ports/state-store';
+import { statusOf } from './rest';
 
 export const STATE_TABLE = 'ferrystate';
 const VM_ROW = 'vm';
@@ -29,10 +30,6 @@ const VM_AND_DISKS = `RowKey eq '${VM_ROW}' or (RowKey ge '${DISK_PREFIX}' and R
 const captureRow = (tagId: number, diskId: string): string => `${CAPTURE_PREFIX}${String(tagId).padStart(16, '0')}:${diskId}`;
 
 type Row = TableEntityResult<Record<string, unknown>>;
-
-function statusOf(err: unknown): number | undefined {
-  return err instanceof RestError ? err.statusCode : (err as { statusCode?: number })?.statusCode;
-}
 
 function wrap(err: unknown, what: string): StateStoreError {
   if (err instanceof StateStoreError) return err;
