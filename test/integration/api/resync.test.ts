@@ -12,6 +12,7 @@ import type { Batch, BatchRecord } from '../../../shared/domain/wire-format';
 import { applyToModel, createBatchSender, type BatchSender } from '../../support/batches';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
+import { apiClient } from '../../support/api';
 
 const VM = 'resync-01';
 const SIZE = 5 * EXTENT_BYTES + 512; // six extents, the last one 512 bytes
@@ -22,15 +23,7 @@ describe('checksum resync on the local stack', () => {
   let dataKey: Buffer;
   const source = Buffer.alloc(SIZE);
 
-  const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(`${stack.apiUrl}${path}`, {
-      method,
-      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  const api = (method: string, path: string, body?: unknown) => apiClient(stack)(method, path, body);
   const vm = async () => (await api('GET', `/vms/${VM}`)).body;
 
   /** Every page of the replica's hashes. */

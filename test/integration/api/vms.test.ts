@@ -2,23 +2,16 @@
  * The VM routes end to end: the real host, Azurite and emulator (test stack), over HTTP.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apiClient, type Api } from '../../support/api';
 import { startTestStack, type TestStack } from '../../support/stack';
 
 describe('VM API', () => {
   let stack: TestStack;
-  let call: (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<{ status: number; body: any }>;
+  let call: Api;
 
   beforeAll(async () => {
     stack = await startTestStack();
-    call = async (method, path, body, headers = { 'x-functions-key': stack.functionKey }) => {
-      const res = await fetch(`${stack.apiUrl}${path}`, {
-        method,
-        headers: { ...headers, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-        ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : undefined };
-    };
+    call = apiClient(stack);
   });
   afterAll(async () => stack?.stop());
 

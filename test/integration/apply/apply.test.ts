@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { applyToModel, createBatchSender, randomRecords, rng, type BatchSender } from '../../support/batches';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
+import { apiClient } from '../../support/api';
 
 const MiB = 1024 * 1024;
 const VM = 'app-01';
@@ -31,15 +32,7 @@ describe('apply-batches on the local stack', () => {
   const next: Record<string, number> = { disk0: 1, disk1: 1 };
   const random = rng(2026);
 
-  const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(`${stack.apiUrl}${path}`, {
-      method,
-      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  const api = (method: string, path: string, body?: unknown) => apiClient(stack)(method, path, body);
   const vm = async () => (await api('GET', `/vms/${VM}`)).body;
   const applied = async (diskId: string) => (await vm()).disks.find((d: { diskId: string }) => d.diskId === diskId).appliedSequence as number;
 

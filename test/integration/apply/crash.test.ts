@@ -13,6 +13,7 @@ import type { BatchRecord } from '../../../shared/domain/wire-format';
 import { createBatchSender, type BatchSender } from '../../support/batches';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
+import { enableVm } from '../../support/api';
 
 const MiB = 1024 * 1024;
 const VM = 'crash-01';
@@ -44,13 +45,7 @@ describe('apply survives kill -9 of the host at every step', () => {
     stack = await startTestStack();
     sender = createBatchSender(stack.serviceBusConnectionString, stack.storageConnectionString);
     disks = new BlobDiskStore(BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient('disks'));
-    const res = await fetch(`${stack.apiUrl}/vms/${VM}/enable-replication`, {
-      method: 'POST',
-      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
-      body: JSON.stringify({ disks: [{ diskId: 'disk0', sizeBytes: SIZE }] }),
-    });
-    expect(res.status).toBe(201);
-    key = Buffer.from(((await res.json()) as { dataKey: string }).dataKey, 'base64');
+    key = await enableVm(stack, VM, [{ diskId: 'disk0', sizeBytes: SIZE }]);
   }, 180_000);
 
   afterAll(async () => {

@@ -17,6 +17,7 @@ import type { BatchRecord } from '../../../shared/domain/wire-format';
 import { applyToModel, createBatchSender, type BatchSender } from '../../support/batches';
 import { ROOT, startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
+import { enableVm } from '../../support/api';
 
 const MiB = 1024 * 1024;
 const VM = 'capcrash-01';
@@ -46,13 +47,7 @@ describe('captures survive kill -9 of the host', () => {
     stack = await startTestStack({ servicebusConfig: join(configDir, 'Config.json') });
     sender = createBatchSender(stack.serviceBusConnectionString, stack.storageConnectionString);
     captures = new BlobCaptureStore(BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient('disks'));
-    const res = await fetch(`${stack.apiUrl}/vms/${VM}/enable-replication`, {
-      method: 'POST',
-      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
-      body: JSON.stringify({ disks: [{ diskId: 'disk0', sizeBytes: SIZE }] }),
-    });
-    expect(res.status).toBe(201);
-    key = Buffer.from(((await res.json()) as { dataKey: string }).dataKey, 'base64');
+    key = await enableVm(stack, VM, [{ diskId: 'disk0', sizeBytes: SIZE }]);
   }, 180_000);
 
   afterAll(async () => {

@@ -16,6 +16,7 @@ import { applyToModel, createBatchSender, randomRecords, rng, type BatchSender }
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
 import { imageRecords, makeExt4Image } from './ext4';
+import { apiClient } from '../../support/api';
 
 const MiB = 1024 * 1024;
 const VM = 'mig-01';
@@ -29,15 +30,7 @@ describe('recovery points and migration on the local stack', () => {
   const disks: Record<string, Buffer> = {}; // the source disks, kept current
   const seq: Record<string, number> = { disk0: 0, disk1: 0 };
 
-  const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
-    const res = await fetch(`${stack.apiUrl}${path}`, {
-      method,
-      headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  const api = (method: string, path: string, body?: unknown) => apiClient(stack)(method, path, body);
 
   async function send(diskId: string, records: BatchRecord[], extra: Partial<Batch> = {}): Promise<number> {
     const sequence = ++seq[diskId]!;
