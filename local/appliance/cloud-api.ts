@@ -24,6 +24,17 @@ export interface VmView {
   disks: DiskView[];
 }
 
+export type OperationType = 'test-migrate' | 'test-migrate-cleanup' | 'migrate';
+
+/** `GET /api/vms/{vmId}/operations/{operationId}`, as the contract describes it. */
+export interface OperationView {
+  operationId: string;
+  type: string;
+  status: 'running' | 'succeeded' | 'failed';
+  error?: { code: string; message: string };
+  disks?: { diskId: string; vhdUrl: string; sizeBytes: number }[];
+}
+
 export const DEFAULT_API = 'http://127.0.0.1:7071';
 
 export class CloudApi {
@@ -74,6 +85,21 @@ export class CloudApi {
     const r = await this.call<VmView>('GET', `/vms/${encodeURIComponent(vmId)}`);
     if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}; run \`ferry enable --vm ${vmId} --disk PATH\`.`);
     if (r.status !== 200) this.fail(`Reading VM '${vmId}'`, r);
+    return r.body;
+  }
+
+  /** Starts test-migrate, test-migrate-cleanup or migrate; resolves with the operation id. */
+  async startOperation(vmId: string, type: OperationType, recoveryPointId?: string): Promise<string> {
+    const body = type !== 'test-migrate-cleanup' && recoveryPointId ? { recoveryPointId } : type === 'test-migrate-cleanup' ? undefined : {};
+    const r = await this.call<{ operationId: string }>('POST', `/vms/${encodeURIComponent(vmId)}/${type}`, body);
+    if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}: ${r.body.message ?? ''}`.trim());
+    if (r.status !== 202) this.fail(`Starting ${type} of VM '${vmId}'`, r);
+    return r.body.operationId;
+  }
+
+  async getOperation(vmId: string, operationId: string): Promise<OperationView> {
+    const r = await this.call<OperationView>('GET', `/vms/${encodeURIComponent(vmId)}/operations/${encodeURIComponent(operationId)}`);
+    if (r.status !== 200) this.fail(`Reading operation ${operationId} of VM '${vmId}'`, r);
     return r.body;
   }
 

@@ -14,7 +14,7 @@ import { createLogger, type Logger } from '../log';
 import { functionKey, loadAppSettings } from '../settings';
 import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
 import { AzureTransport } from './azure-transport';
-import { CloudApi, DEFAULT_API, waitApplied, type VmView } from './cloud-api';
+import { CloudApi, DEFAULT_API, waitApplied, type OperationType, type OperationView, type VmView } from './cloud-api';
 import { openSourceDisk } from './disk-io';
 import { ApplianceError } from './errors';
 import type { CloudTransport } from './outbox';
@@ -218,6 +218,27 @@ export async function replicate(options: ReplicateOptions): Promise<ReplicateRes
     return await runAgent(options, server);
   } finally {
     await server.close();
+  }
+}
+
+// ---- test-migrate, test-migrate-cleanup, migrate -----------------------------------------
+
+/**
+ * Starts the operation and waits for it; resolves with the finished operation exactly as
+ * `GET .../operations/{operationId}` returns it, or throws OPERATION_FAILED with its error.
+ */
+export async function runOperation(options: CommonOptions & { vm: string; type: OperationType; recoveryPoint?: string; timeoutMs?: number }): Promise<OperationView> {
+  const api = cloudApi(options);
+  const id = await api.startOperation(options.vm, options.type, options.recoveryPoint);
+  const deadline = Date.now() + (options.timeoutMs ?? 60 * 60_000);
+  let delay = 200;
+  for (;;) {
+    const op = await api.getOperation(options.vm, id);
+    if (op.status === 'succeeded') return op;
+    if (op.status === 'failed') throw new ApplianceError('OPERATION_FAILED', `${options.type} of VM '${options.vm}' failed: ${op.error?.code ?? ''} ${op.error?.message ?? ''}`.trim());
+    if (Date.now() > deadline) throw new ApplianceError('OPERATION_FAILED', `${options.type} of VM '${options.vm}' (${id}) is still running after ${Math.round((options.timeoutMs ?? 3_600_000) / 1000)} s.`);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(2000, delay * 1.5);
   }
 }
 

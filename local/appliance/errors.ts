@@ -13,7 +13,8 @@ export type ApplianceErrorCode =
   | 'UNAUTHORIZED'
   | 'BAD_STATE'
   | 'CERTIFICATE_MISMATCH'
-  | 'CLOUD_NOT_APPLIED';
+  | 'CLOUD_NOT_APPLIED'
+  | 'OPERATION_FAILED';
 
 export class ApplianceError extends Error {
   override readonly name = 'ApplianceError';

@@ -6,8 +6,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../log';
 import { churn } from './churn';
-import { azureTransport, enable, formatStatus, replicate, runAgent, status, type ReplicateResult } from './commands';
-import { DEFAULT_API } from './cloud-api';
+import { azureTransport, enable, formatStatus, replicate, runAgent, runOperation, status, type ReplicateResult } from './commands';
+import { DEFAULT_API, type OperationType } from './cloud-api';
 import { ApplianceError, errorMessage } from './errors';
 import { DEFAULT_PROCESS_SERVER_PORT, startHttpsProcessServer } from './https-server';
 import { progressView } from './progress';
@@ -198,6 +198,27 @@ export function buildProgram(): Command {
       const r = await churn({ disk: o.disk, stateDir: o.stateDir, bytesPerSecond: parseRate(o.rate), ioSize: parseSize(o.ioSize, '--io-size'), pattern: o.pattern, durationMs: parseDuration(o.duration, '--duration'), signal: stopSignal() });
       print(o.json, r, `Wrote ${r.writes} x ${o.ioSize} (${(r.bytes / 1e6).toFixed(1)} MB) in ${r.seconds.toFixed(1)} s: ${(r.bytesPerSecond / 1e6).toFixed(2)} MB/s`);
     });
+
+  const operation = (type: OperationType, description: string, example: string) =>
+    addCommon(
+      program
+        .command(type)
+        .description(description)
+        .requiredOption('--vm <id>', 'VM id')
+        .addHelpText('after', `\nExample:\n  ${example}`),
+    );
+  for (const [type, description, example, rp] of [
+    ['test-migrate', 'write fixed VHDs of a recovery point to container test-migrated and wait; replication goes on', 'ferry test-migrate --vm web-01', true],
+    ['test-migrate-cleanup', 'delete the test migration and wait', 'ferry test-migrate-cleanup --vm web-01', false],
+    ['migrate', 'write fixed VHDs of a recovery point to container migrated and wait; replication stops', 'ferry migrate --vm web-01 --recovery-point rp-...', true],
+  ] as const) {
+    const cmd = operation(type, description, example);
+    if (rp) cmd.option('--recovery-point <id>', 'a recovery point id (default: the latest)');
+    cmd.action(async (o: Common & { vm: string; recoveryPoint?: string }) => {
+      const op = await runOperation({ api: o.api, stateDir: o.stateDir, vm: o.vm, type, ...(o.recoveryPoint ? { recoveryPoint: o.recoveryPoint } : {}) });
+      print(o.json, op, [`${type} of ${o.vm}: ${op.status} (${op.operationId})`, ...(op.disks ?? []).map((d) => `  ${d.diskId}: ${d.vhdUrl} (${d.sizeBytes} bytes)`)].join('\n'));
+    });
+  }
 
   addCommon(
     program

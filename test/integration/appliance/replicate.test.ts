@@ -7,9 +7,10 @@
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BlobServiceClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { churn } from '../../../local/appliance/churn';
-import { enable, replicate } from '../../../local/appliance/commands';
+import { enable, replicate, runOperation } from '../../../local/appliance/commands';
 import { loadVmState } from '../../../local/appliance/state';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
@@ -86,6 +87,20 @@ describe('ferry replicate --once with an ext4 image', () => {
     expect({ dataBytes: d.dataBytes, zeroBytes: d.zeroBytes, batches: d.batches, records: d.records }).toEqual({ dataBytes: 0, zeroBytes: 0, batches: 1, records: 0 });
     expect(r.tagId).toBe(3);
   });
+
+  it('test-migrate writes a fixed VHD of the latest recovery point (the disk byte-exact, then the footer); cleanup removes it', async () => {
+    const op = await runOperation({ ...common(), vm: VM, type: 'test-migrate', timeoutMs: 120_000 });
+    expect(op.status).toBe('succeeded');
+    const disk = op.disks![0]!;
+    expect(disk).toMatchObject({ diskId: 'disk0', sizeBytes: 48 * MiB });
+    const path = decodeURIComponent(new URL(disk.vhdUrl).pathname).split('/').slice(2);
+    const blob = BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient(path[0]!).getBlobClient(path.slice(1).join('/'));
+    const vhd = await blob.downloadToBuffer(0, 48 * MiB + 512);
+    expect(vhd.subarray(0, 48 * MiB).equals(readFileSync(image))).toBe(true);
+    expect(vhd.subarray(48 * MiB, 48 * MiB + 8).toString('ascii')).toBe('conectix');
+    const cleanup = await runOperation({ ...common(), vm: VM, type: 'test-migrate-cleanup', timeoutMs: 120_000 });
+    expect(cleanup.status).toBe('succeeded');
+  }, 150_000);
 
   it('a copy of the image changed while the appliance was stopped: only the differences travel', async () => {
     const before = readFileSync(image);

@@ -108,6 +108,9 @@ describe('appliance: split roles, CLI, offline cache', () => {
     const st = JSON.parse((await ferry('status', '--vm', 'cli-vm', '--json')).stdout) as { state: string; disks: { initialReplicationPercent: number }[] };
     expect(st.state).toBe('protected');
     expect(st.disks[0]!.initialReplicationPercent).toBe(100);
+    const op = JSON.parse((await ferry('test-migrate', '--vm', 'cli-vm', '--json')).stdout) as { status: string; type: string; disks: { diskId: string; vhdUrl: string }[] };
+    expect(op).toMatchObject({ status: 'succeeded', type: 'test-migrate', disks: [{ diskId: 'disk0' }] });
+    expect(op.disks[0]!.vhdUrl).toMatch(/\/test-migrated\//);
     const missing = await ferry('enable', '--vm', 'x-vm', '--disk', join(dir, 'nope.img')).then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(missing?.code).toBe(1);
     expect(missing?.stderr.trim()).toBe(`ferry: Disk ${join(dir, 'nope.img')} does not exist; pass an image file or a block device to --disk.`);
