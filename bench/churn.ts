@@ -40,7 +40,7 @@ export async function run(): Promise<BenchResult[]> {
     const api = cloudApi(common);
     for (const rate of RATES) {
       const ac = new AbortController();
-      const running = replicate({ ...common, ...conn, vm, intervalMs: 2000, rescanIntervalMs: 3_600_000, signal: ac.signal, log });
+      const running = replicate({ ...common, ...conn, vm, intervalMs: 1000, rescanIntervalMs: 3_600_000, signal: ac.signal, log });
       const churn = new Promise<void>((resolve, reject) =>
         execFile(
           process.execPath,

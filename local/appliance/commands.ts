@@ -16,7 +16,7 @@ import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
 import { AzureTransport } from './azure-transport';
 import { CloudApi, DEFAULT_API, waitApplied, type OperationType, type OperationView, type VmView } from './cloud-api';
 import { openSourceDisk } from './disk-io';
-import { ApplianceError } from './errors';
+import { ApplianceError, errorMessage } from './errors';
 import type { CloudTransport } from './outbox';
 import { ProcessServer } from './process-server';
 import type { BatchSink } from './sink';
@@ -120,6 +120,8 @@ export interface RunOptions extends CommonOptions {
   preTagHook?: string;
   onProgress?: (e: ProgressEvent) => void;
   onPass?: (r: PassResult, stats: { lagMs: number; backlogBatches: number; sentBytes: number }) => void;
+  /** Continuous mode: how long a pass waits for the previous one to be applied; default 2 min. */
+  maxApplyWaitMs?: number;
   /** Stops the continuous loop. */
   signal?: AbortSignal;
   applyTimeoutMs?: number;
@@ -161,7 +163,16 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
     let lastRescan = Date.now();
     let last: PassResult | undefined;
     const interval = options.intervalMs ?? 5000;
+    // Cloud backpressure: a pass starts once the cloud has applied the previous one (or after
+    // maxApplyWaitMs), so a cloud slower than the churn gets fewer, larger batches (more
+    // changes per extent per batch) instead of an ever-growing queue.
+    let unapplied: Record<string, number> | undefined;
     while (!options.signal?.aborted) {
+      if (unapplied) {
+        await waitApplied(api, options.vm, unapplied, { timeoutMs: options.maxApplyWaitMs ?? 120_000 }).catch((err: unknown) => {
+          options.log?.warn({ err: errorMessage(err) }, 'the cloud is behind; going on');
+        });
+      }
       const started = Date.now();
       const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 600_000);
       let tag: ConsistencyKind | undefined = started - lastTag >= (options.tagIntervalMs ?? 300_000) ? 'crash-consistent' : undefined;
@@ -172,6 +183,7 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
       last = await agent.pass({ rescan, marker: true, ...(tag ? { tag } : {}) });
       if (rescan) lastRescan = started;
       if (tag) lastTag = started;
+      unapplied = Object.fromEntries(last.disks.map((d) => [d.diskId, d.lastSequence]));
       passes++;
       const st = await sink.stats(options.vm);
       options.onPass?.(last, { lagMs: Date.now() - started, backlogBatches: st.pendingBatches, sentBytes: st.sentBytes });

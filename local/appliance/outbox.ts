@@ -384,7 +384,7 @@ export class Outbox {
         if (out.stagedName === undefined) await this.options.bucket?.take(e.size);
         await this.transport.send({ body: out.envelope, contentType: 'application/json', sessionId: out.sessionId, messageId: out.messageId });
       });
-      if (!ok) return;
+      if (!ok || this.closed) return; // closed meanwhile: keep the file, re-send on the next start
       q.entries.delete(e.seq);
       q.lastSent = e.seq;
       this.stats.sentBatches++;
@@ -405,9 +405,18 @@ export class Outbox {
     }
   }
 
+  /**
+   * A clean stop: everything unsent goes to disk, and the reservation falls back to what was
+   * sent, so the next start needs no markers. A send still in flight keeps its file (it is
+   * re-sent, as a duplicate, on the next start).
+   */
   close(): void {
-    if (!this.closed) this.saveSeq(this.sentFile, (q) => q.lastSent, false);
-    this.closed = true;
+    if (!this.closed) {
+      this.closed = true;
+      this.sync();
+      for (const q of this.disks.values()) q.reserved = q.lastSent;
+      this.saveSeq(this.reservedFile, (q) => q.reserved, true);
+    }
     for (const w of [...this.roomWaiters.splice(0), ...this.idleWaiters.splice(0), ...this.stageWaiters.splice(0)]) w();
   }
 }

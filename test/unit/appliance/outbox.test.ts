@@ -4,7 +4,7 @@
  * restart resumes from the files; producers pause when the cache is full.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -77,20 +77,39 @@ describe('Outbox', () => {
     expect(box.stats.offline).toBe(true);
     expect(box.acceptedThrough('disk0', 1)).toBe(5);
     box.sync(); // what the agent's checkpoint does: everything handed over is now on disk
-    box.close(); // the process server stops with everything still cached
-    expect(readdirSync(join(path, 'disk0'))).toHaveLength(5);
+    // a crash now: what is on disk at this moment is all the next start gets
+    const crashed = join(dir, 'c-crashed');
+    cpSync(path, crashed, { recursive: true });
+    box.close();
+    expect(readdirSync(join(crashed, 'disk0'))).toHaveLength(5);
 
     t.down = false;
-    const again = new Outbox(path, t, { threads: 2, maxBytes: 1e9, makeMarker });
+    const again = new Outbox(crashed, t, { threads: 2, maxBytes: 1e9, makeMarker });
     // sequence 1 was about to be sent when the cloud went away: 1..16 are reserved, so 6..16
     // may have left too and are re-sent as empty markers; the agent continues at 17
     expect(again.acceptedThrough('disk0', 1)).toBe(16);
     await again.idle();
     expect(t.sent.map((s) => s.seq)).toEqual(Array.from({ length: 16 }, (_, i) => i + 1));
     again.close();
-    const third = new Outbox(path, t, { threads: 2, maxBytes: 1e9, makeMarker });
+    const third = new Outbox(crashed, t, { threads: 2, maxBytes: 1e9, makeMarker });
     expect(third.acceptedThrough('disk0', 1)).toBe(16); // from sent.json once the files are gone
     third.close();
+  });
+
+  it('after a clean stop, the next start sends what was left, with no markers', async () => {
+    const t = new FakeTransport();
+    t.down = true;
+    const path = join(dir, 'f');
+    const box = new Outbox(path, t, { threads: 2, maxBytes: 1e9 });
+    for (let seq = 1; seq <= 3; seq++) box.put('disk0', 1, seq, sealed('disk0', seq));
+    await waitFor(() => box.stats.retries > 0, 'a failed attempt');
+    box.close();
+    t.down = false;
+    const again = new Outbox(path, t, { threads: 2, maxBytes: 1e9 }); // no makeMarker: none may be needed
+    expect(again.acceptedThrough('disk0', 1)).toBe(3);
+    await again.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3]);
+    again.close();
   });
 
   it('spills to disk beyond its memory budget, newest first', async () => {
