@@ -103,6 +103,14 @@ export class CloudApi {
     return r.body;
   }
 
+  /** `GET /api/vms/{vmId}/recovery-points`, newest first. */
+  async recoveryPoints(vmId: string): Promise<{ id: string; createdAt: string; type: string }[]> {
+    const r = await this.call<{ recoveryPoints: { id: string; createdAt: string; type: string }[] }>('GET', `/vms/${encodeURIComponent(vmId)}/recovery-points`);
+    if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}.`);
+    if (r.status !== 200) this.fail(`Listing recovery points of VM '${vmId}'`, r);
+    return r.body.recoveryPoints;
+  }
+
   async listVms(): Promise<VmView[]> {
     const r = await this.call<{ vms: VmView[] }>('GET', '/vms');
     if (r.status !== 200) this.fail('Listing VMs', r);

@@ -7,7 +7,11 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { storageConnectionString } from '../../shared/azure/composition';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { BlobCaptureStore } from '../../shared/azure/blob-capture-store';
+import { DISKS_CONTAINER, storageConnectionString } from '../../shared/azure/composition';
+import { contentBlockId, EXTENT_BYTES, extentRange } from '../../shared/domain/extents';
+import { parseRecoveryPointId } from '../../shared/domain/recovery-points';
 import { isValidId } from '../../shared/domain/ids';
 import type { ConsistencyKind } from '../../shared/domain/wire-format';
 import { createLogger, type Logger } from '../log';
@@ -15,12 +19,12 @@ import { functionKey, loadAppSettings } from '../settings';
 import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
 import { AzureTransport } from './azure-transport';
 import { CloudApi, DEFAULT_API, waitApplied, type OperationType, type OperationView, type VmView } from './cloud-api';
-import { openSourceDisk } from './disk-io';
+import { openSourceDisk, readFully } from './disk-io';
 import { ApplianceError, errorMessage } from './errors';
 import type { CloudTransport } from './outbox';
 import { ProcessServer } from './process-server';
 import type { BatchSink } from './sink';
-import { hasVmState, listVmStates, saveVmState, type VmState } from './state';
+import { hasVmState, listVmStates, loadVmState, saveVmState, type VmState } from './state';
 
 export interface CommonOptions {
   api?: string;
@@ -273,3 +277,53 @@ export function formatStatus(vms: VmView[]): string {
 }
 
 export { listVmStates };
+
+// ---- verify ------------------------------------------------------------------------------
+
+export interface VerifyResult {
+  vmId: string;
+  recoveryPointId: string;
+  identical: boolean;
+  disks: { diskId: string; extents: number; differing: number[] }[];
+}
+
+/**
+ * `ferry verify`: compares the source disks with a recovery point (default: the latest) by
+ * hashes, without downloading the cloud copy: each 4 MiB extent's content block id (the
+ * SHA-256 prefix the cloud names its blocks by, shared/domain/extents.ts) against the
+ * recovery point's hash manifest. Throws VERIFY_MISMATCH naming the differing extents.
+ */
+export async function verify(options: CommonOptions & ConnectionOptions & { vm: string; recoveryPoint?: string }): Promise<VerifyResult> {
+  const state = loadVmState(options.stateDir, options.vm);
+  const api = cloudApi(options);
+  const points = await api.recoveryPoints(options.vm);
+  const rpId = options.recoveryPoint ?? points[0]?.id;
+  if (!rpId) throw new ApplianceError('NOT_ENABLED', `VM '${options.vm}' has no recovery point yet; run \`ferry replicate --vm ${options.vm} --once\` first.`);
+  const tagId = parseRecoveryPointId(rpId);
+  if (tagId === undefined || !points.some((p) => p.id === rpId)) {
+    throw new ApplianceError('BAD_ARGUMENT', `Recovery point '${rpId}' is not one of VM '${options.vm}' (${points.length} exist; see GET /api/vms/${options.vm}/recovery-points).`);
+  }
+  const settings = loadAppSettings();
+  const cs = options.storageConnection ?? storageConnectionString({ AzureWebJobsStorage: settings.AzureWebJobsStorage ?? 'UseDevelopmentStorage=true' });
+  const captures = new BlobCaptureStore(BlobServiceClient.fromConnectionString(cs).getContainerClient(DISKS_CONTAINER));
+  const result: VerifyResult = { vmId: options.vm, recoveryPointId: rpId, identical: true, disks: [] };
+  const buf = Buffer.allocUnsafe(EXTENT_BYTES);
+  for (const d of state.disks) {
+    const cloud = await captures.extents({ vmId: options.vm, diskId: d.diskId }, d.sizeBytes, tagId);
+    const src = openSourceDisk(d.path);
+    const differing: number[] = [];
+    try {
+      if (src.sizeBytes !== d.sizeBytes) throw new ApplianceError('BAD_STATE', `Disk ${d.path} is ${src.sizeBytes} bytes, not the ${d.sizeBytes} it had at enable.`);
+      for (const e of cloud) {
+        const { offset, length } = extentRange(e.extentIndex, d.sizeBytes);
+        readFully(src.fd, buf, length, offset);
+        if (contentBlockId(buf.subarray(0, length)) !== e.blockId) differing.push(e.extentIndex);
+      }
+    } finally {
+      closeSync(src.fd);
+    }
+    result.disks.push({ diskId: d.diskId, extents: cloud.length, differing });
+    if (differing.length > 0) result.identical = false;
+  }
+  return result;
+}

@@ -14,7 +14,8 @@ export type ApplianceErrorCode =
   | 'BAD_STATE'
   | 'CERTIFICATE_MISMATCH'
   | 'CLOUD_NOT_APPLIED'
-  | 'OPERATION_FAILED';
+  | 'OPERATION_FAILED'
+  | 'VERIFY_MISMATCH';
 
 export class ApplianceError extends Error {
   override readonly name = 'ApplianceError';

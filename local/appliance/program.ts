@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../log';
 import { churn } from './churn';
-import { azureTransport, enable, formatStatus, replicate, runAgent, runOperation, status, type ReplicateResult } from './commands';
+import { azureTransport, enable, formatStatus, replicate, runAgent, runOperation, status, verify, type ReplicateResult } from './commands';
 import { DEFAULT_API, type OperationType } from './cloud-api';
 import { ApplianceError, errorMessage } from './errors';
 import { DEFAULT_PROCESS_SERVER_PORT, startHttpsProcessServer } from './https-server';
@@ -219,6 +219,22 @@ export function buildProgram(): Command {
       print(o.json, op, [`${type} of ${o.vm}: ${op.status} (${op.operationId})`, ...(op.disks ?? []).map((d) => `  ${d.diskId}: ${d.vhdUrl} (${d.sizeBytes} bytes)`)].join('\n'));
     });
   }
+
+  addCommon(
+    program
+      .command('verify')
+      .description('compare the source disks with a recovery point by hashes, without downloading; exit 0 only if identical')
+      .requiredOption('--vm <id>', 'VM id')
+      .option('--recovery-point <id>', 'a recovery point id (default: the latest)')
+      .addHelpText('after', '\nExample:\n  ferry verify --vm web-01'),
+  ).action(async (o: Common & { vm: string; recoveryPoint?: string }) => {
+    const r = await verify({ api: o.api, stateDir: o.stateDir, vm: o.vm, ...(o.recoveryPoint ? { recoveryPoint: o.recoveryPoint } : {}) });
+    print(o.json, r, [`${o.vm} vs ${r.recoveryPointId}: ${r.identical ? 'identical' : 'DIFFERENT'}`, ...r.disks.map((d) => `  ${d.diskId}: ${d.extents} extents, ${d.differing.length} differ${d.differing.length ? ` (${d.differing.slice(0, 10).join(', ')}${d.differing.length > 10 ? ', ...' : ''})` : ''}`)].join('\n'));
+    if (!r.identical) {
+      const n = r.disks.reduce((a, d) => a + d.differing.length, 0);
+      throw new ApplianceError('VERIFY_MISMATCH', `${n} extent(s) of VM '${o.vm}' differ from recovery point ${r.recoveryPointId}.`);
+    }
+  });
 
   addCommon(
     program

@@ -135,7 +135,7 @@ export class RemoteSink implements BatchSink {
     const body = Buffer.allocUnsafe(4 + head.length + plain.data.length);
     body.writeUInt32LE(head.length, 0);
     head.copy(body, 4);
-    Buffer.from(plain.data).copy(body, 4 + head.length);
+    plain.data.copy(body, 4 + head.length);
     release();
     await this.retrying(() => this.call('POST', `/v1/vms/${plain.meta.vmId}/batches`, body));
   }

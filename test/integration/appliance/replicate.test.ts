@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { churn } from '../../../local/appliance/churn';
-import { enable, replicate, runOperation } from '../../../local/appliance/commands';
+import { enable, replicate, runOperation, verify } from '../../../local/appliance/commands';
 import { loadVmState } from '../../../local/appliance/state';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
@@ -100,6 +100,9 @@ describe('ferry replicate --once with an ext4 image', () => {
     expect(vhd.subarray(48 * MiB, 48 * MiB + 8).toString('ascii')).toBe('conectix');
     const cleanup = await runOperation({ ...common(), vm: VM, type: 'test-migrate-cleanup', timeoutMs: 120_000 });
     expect(cleanup.status).toBe('succeeded');
+    // verify by hashes against the latest recovery point
+    const v = await verify({ ...common(), vm: VM });
+    expect(v).toMatchObject({ identical: true, disks: [{ diskId: 'disk0', extents: 12, differing: [] }] });
   }, 150_000);
 
   it('a copy of the image changed while the appliance was stopped: only the differences travel', async () => {
@@ -111,10 +114,15 @@ describe('ferry replicate --once with an ext4 image', () => {
     writeFileSync(tmp, changed);
     copyFileSync(tmp, image);
     const diff = blockDiff(before, changed);
+    const stale = await verify({ ...common(), vm: VM });
+    expect(stale.identical).toBe(false);
+    const changedExtents = [2, 5].filter((i) => !before.subarray(i * 4 * MiB, (i + 1) * 4 * MiB).equals(changed.subarray(i * 4 * MiB, (i + 1) * 4 * MiB)));
+    expect(stale.disks[0]!.differing).toEqual(changedExtents); // 10 MiB + 4 KiB and 20 MiB lie in extents 2 and 5
     const r = await replicate({ ...common(), vm: VM, once: true, threads: 1 });
     expect(r.disks[0]!.dataBytes).toBe(diff.dataBytes);
     expect(r.disks[0]!.zeroBytes).toBe(diff.zeroBytes);
     expect((await readCloudDisk(stack, VM, 'disk0', 48 * MiB)).equals(changed)).toBe(true);
+    expect((await verify({ ...common(), vm: VM })).identical).toBe(true);
   });
 
   it('continuous mode: TrackedDisk churn travels from the journal every pass, with crash- and app-consistent tags (pre-tag hook)', async () => {

@@ -111,6 +111,13 @@ describe('appliance: split roles, CLI, offline cache', () => {
     const op = JSON.parse((await ferry('test-migrate', '--vm', 'cli-vm', '--json')).stdout) as { status: string; type: string; disks: { diskId: string; vhdUrl: string }[] };
     expect(op).toMatchObject({ status: 'succeeded', type: 'test-migrate', disks: [{ diskId: 'disk0' }] });
     expect(op.disks[0]!.vhdUrl).toMatch(/\/test-migrated\//);
+    expect(JSON.parse((await ferry('verify', '--vm', 'cli-vm', '--json')).stdout)).toMatchObject({ identical: true, recoveryPointId: 'rp-1' });
+    const img = readFileSync(image);
+    img[5 * MiB] = 9;
+    writeFileSync(image, img);
+    const differs = await ferry('verify', '--vm', 'cli-vm').then(() => undefined, (e: { code: number; stderr: string; stdout: string }) => e);
+    expect(differs?.code).toBe(1);
+    expect(differs?.stderr.trim()).toBe("ferry: 1 extent(s) of VM 'cli-vm' differ from recovery point rp-1.");
     const missing = await ferry('enable', '--vm', 'x-vm', '--disk', join(dir, 'nope.img')).then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(missing?.code).toBe(1);
     expect(missing?.stderr.trim()).toBe(`ferry: Disk ${join(dir, 'nope.img')} does not exist; pass an image file or a block device to --disk.`);
