@@ -20,10 +20,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('--limit-mbps', () => {
   it('holds 16 Mbps within 10% over more than 30 s', async () => {
     const image = join(dir, 'random.img');
-    writeFileSync(image, randomBytes(72 * MiB)); // incompressible: sealed size ~ data size
+    writeFileSync(image, randomBytes(88 * MiB)); // incompressible; 88 MiB at 2 MB/s spans > 30 s even with a 16 MiB burst and last batch
     saveVmState(dir, {
       version: 1, vmId: 'tvm', apiUrl: 'x', keyId: 1, dataKey: randomBytes(32).toString('base64'), agentToken: 't', enabledAt: new Date().toISOString(), nextTagId: 1,
-      disks: [{ diskId: 'disk0', path: image, sizeBytes: 72 * MiB, epoch: 1, initialCoveredBytes: 0, initialComplete: false, journal: {} }],
+      disks: [{ diskId: 'disk0', path: image, sizeBytes: 88 * MiB, epoch: 1, initialCoveredBytes: 0, initialComplete: false, journal: {} }],
     });
     const uploads: { at: number; bytes: number }[] = [];
     const transport: CloudTransport = {
