@@ -22,7 +22,8 @@ import { BATCH_DATA_BYTES, BatchBuilder, BufferPool, type PlainBatch } from './b
 import { openSourceDisk, readFully, type SourceDisk } from './disk-io';
 import { ApplianceError } from './errors';
 import { closeSync } from 'node:fs';
-import { FingerprintMap, FP_BLOCK_BYTES, fingerprint, zeroFingerprint } from './fingerprints';
+import { FingerprintMap, FP_BLOCK_BYTES, fingerprint, UNKNOWN_FP, zeroFingerprint } from './fingerprints';
+import { extentHash } from '../../shared/domain/manifest';
 import type { BatchSink } from './sink';
 import { loadVmState, saveVmState, vmDir, type DiskState, type VmState } from './state';
 import { commitJournal, journalDir, readJournal, type DirtyRange } from './tracked-disk';
@@ -110,6 +111,40 @@ export class MobilityAgent {
 
   close(): void {
     for (const r of this.runs) closeSync(r.src.fd);
+  }
+
+  /**
+   * The appliance's side of a checksum resync (docs/resync.md): every disk moves to `epoch`;
+   * its source extents are hashed and compared with the replica's (`replicaHashes`); the
+   * fingerprints of matching extents are set from the source and those of differing extents
+   * cleared, and the disk restarts its initial copy, so the next pass sends exactly the
+   * differing blocks in the new epoch (sequences from 1), flagging its last batch complete.
+   */
+  async resync(epoch: number, replicaHashes: (diskId: string) => Promise<Map<number, string>>): Promise<{ diskId: string; differingExtents: number }[]> {
+    const out: { diskId: string; differingExtents: number }[] = [];
+    for (const r of this.runs) {
+      if (r.d.epoch >= epoch) continue;
+      const replica = await replicaHashes(r.d.diskId);
+      let differing = 0;
+      await this.readExtents(r, 0, r.d.sizeBytes, async (buf, off, len) => {
+        const index = off / EXTENT_BYTES;
+        const same = replica.get(index) === extentHash(buf.subarray(0, len));
+        if (!same) differing++;
+        for (let b = off; b < off + len; b += FP_BLOCK_BYTES) {
+          const blen = Math.min(FP_BLOCK_BYTES, r.d.sizeBytes - b);
+          const block = buf.subarray(b - off, b - off + blen);
+          r.fp.set(b / FP_BLOCK_BYTES, !same ? UNKNOWN_FP : block.equals(ZERO_EXTENT.subarray(0, blen)) ? zeroFingerprint(blen) : fingerprint(block));
+        }
+      });
+      r.fp.save(r.fpFile);
+      r.d.epoch = epoch;
+      r.d.initialComplete = false;
+      r.d.initialCoveredBytes = 0;
+      saveVmState(this.stateDir, this.state);
+      out.push({ diskId: r.d.diskId, differingExtents: differing });
+    }
+    this.started = false; // sequences restart at 1 in the new epoch: ask the sink again
+    return out;
   }
 
   /** One pass over every disk; resolves when all its batches are durably accepted. */

@@ -22,6 +22,15 @@ export interface VmView {
   rpoSeconds: number | null;
   keyId: number;
   disks: DiskView[];
+  /** In `resync-required`: the epoch to send every disk's resync in (docs/resync.md). */
+  resync?: { epoch: number } | null;
+}
+
+/** One page of `GET /api/vms/{vmId}/disks/{diskId}/hashes`. */
+export interface HashesPage {
+  totalBlocks: number;
+  blocks: { index: number; hash: string }[];
+  next: number | null;
 }
 
 export type OperationType = 'test-migrate' | 'test-migrate-cleanup' | 'migrate';
@@ -103,6 +112,18 @@ export class CloudApi {
     return r.body;
   }
 
+  async resync(vmId: string): Promise<number> {
+    const r = await this.call<{ epoch: number }>('POST', `/vms/${encodeURIComponent(vmId)}/resync`, {});
+    if (r.status !== 202) this.fail(`Requesting a resync of VM '${vmId}'`, r);
+    return r.body.epoch;
+  }
+
+  async hashes(vmId: string, diskId: string, from: number): Promise<HashesPage> {
+    const r = await this.call<HashesPage>('GET', `/vms/${encodeURIComponent(vmId)}/disks/${encodeURIComponent(diskId)}/hashes?from=${from}`);
+    if (r.status !== 200) this.fail(`Reading the extent hashes of ${vmId}/${diskId}`, r);
+    return r.body;
+  }
+
   /** `GET /api/vms/{vmId}/recovery-points`, newest first. */
   async recoveryPoints(vmId: string): Promise<{ id: string; createdAt: string; type: string }[]> {
     const r = await this.call<{ recoveryPoints: { id: string; createdAt: string; type: string }[] }>('GET', `/vms/${encodeURIComponent(vmId)}/recovery-points`);
@@ -126,17 +147,22 @@ export async function waitApplied(
   api: CloudApi,
   vmId: string,
   want: Record<string, number>,
-  options: { timeoutMs?: number; onPoll?: (vm: VmView) => void; initialComplete?: boolean } = {},
+  options: { timeoutMs?: number; onPoll?: (vm: VmView) => void; initialComplete?: boolean; epochs?: Record<string, number> } = {},
 ): Promise<VmView> {
   const deadline = Date.now() + (options.timeoutMs ?? 10 * 60_000);
   let delay = 100;
   for (;;) {
     const vm = await api.getVm(vmId);
     options.onPoll?.(vm);
-    const behind = Object.entries(want).filter(([diskId, seq]) => (vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0) < seq);
-    // the disk rows and the VM's state are separate updates: when the initial copy is complete,
-    // also wait for the VM to leave initial-replication
-    const settled = !options.initialComplete || vm.state !== 'initial-replication';
+    const behind = Object.entries(want).filter(([diskId, seq]) => {
+      const disk = vm.disks.find((d) => d.diskId === diskId);
+      const epoch = options.epochs?.[diskId];
+      if (epoch !== undefined && (disk?.epoch ?? 0) !== epoch) return (disk?.epoch ?? 0) < epoch;
+      return (disk?.appliedSequence ?? 0) < seq;
+    });
+    // the disk rows and the VM's state are separate updates: when the initial copy (or a
+    // resync) is complete, also wait for the VM to leave initial-replication / resync-required
+    const settled = !options.initialComplete || (vm.state !== 'initial-replication' && vm.state !== 'resync-required');
     if (behind.length === 0 && settled) return vm;
     if (Date.now() > deadline) {
       if (behind.length === 0) throw new ApplianceError('CLOUD_NOT_APPLIED', `VM '${vmId}' applied everything but is still in ${vm.state}.`);

@@ -143,14 +143,34 @@ export interface ReplicateResult {
 /** Runs the agent against a sink; with `once`, one tagged pass, then waits for the cloud. */
 export async function runAgent(options: RunOptions, sink: BatchSink): Promise<ReplicateResult> {
   const api = cloudApi(options);
-  await api.getVm(options.vm); // NOT_ENABLED / UNREACHABLE before any work
+  const first = await api.getVm(options.vm); // NOT_ENABLED / UNREACHABLE before any work
   const agent = new MobilityAgent(options.stateDir, options.vm, sink, options.onProgress ? { onProgress: options.onProgress } : {});
+  /** A resync the cloud asks for (docs/resync.md): hash, compare, restart in the new epoch. */
+  const resyncIfAsked = async (vm: VmView): Promise<void> => {
+    const epoch = vm.resync?.epoch;
+    if (!epoch || agent.state.disks.every((d) => d.epoch >= epoch)) return;
+    // no old-epoch batch may still be in flight while the replica's hashes are read
+    const sent = Object.fromEntries(await Promise.all(agent.state.disks.map(async (d) => [d.diskId, (await sink.nextSequence(options.vm, d.diskId, d.epoch)) - 1] as const)));
+    await waitApplied(api, options.vm, sent, { timeoutMs: 30_000 }).catch(() => undefined); // after a gap, nothing more applies
+    const done = await agent.resync(epoch, async (diskId) => {
+      const hashes = new Map<number, string>();
+      for (let from: number | null = 0; from !== null; ) {
+        const page = await api.hashes(options.vm, diskId, from);
+        for (const b of page.blocks) hashes.set(b.index, b.hash);
+        from = page.next;
+      }
+      return hashes;
+    });
+    options.log?.info({ vm: options.vm, epoch, disks: done }, 'resync: only differing extents will be sent');
+  };
   try {
+    await resyncIfAsked(first);
     if (options.once) {
       const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
       const want = Object.fromEntries(r.disks.map((d) => [d.diskId, d.lastSequence]));
       const vm = await waitApplied(api, options.vm, want, {
         initialComplete: r.disks.every((d) => d.initialComplete),
+        epochs: Object.fromEntries(agent.state.disks.map((d) => [d.diskId, d.epoch])),
         ...(options.applyTimeoutMs !== undefined ? { timeoutMs: options.applyTimeoutMs } : {}),
       });
       return {
@@ -176,6 +196,11 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
         await waitApplied(api, options.vm, unapplied, { timeoutMs: options.maxApplyWaitMs ?? 120_000 }).catch((err: unknown) => {
           options.log?.warn({ err: errorMessage(err) }, 'the cloud is behind; going on');
         });
+        const vm = await api.getVm(options.vm).catch(() => undefined);
+        if (vm?.resync) {
+          await resyncIfAsked(vm);
+          unapplied = undefined;
+        }
       }
       const started = Date.now();
       const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 600_000);

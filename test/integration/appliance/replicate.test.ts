@@ -125,6 +125,24 @@ describe('ferry replicate --once with an ext4 image', () => {
     expect((await verify({ ...common(), vm: VM })).identical).toBe(true);
   });
 
+  it('a checksum resync moves to a new epoch and sends only the differing extent (never a blind full copy)', async () => {
+    const before = readFileSync(image);
+    const changed = Buffer.from(before);
+    changed[30 * MiB + 100] = (changed[30 * MiB + 100]! + 1) % 256;
+    writeFileSync(image, changed);
+    const res = await fetch(`${stack.apiUrl}/vms/${VM}/resync`, { method: 'POST', headers: { 'x-functions-key': stack.functionKey, 'content-type': 'application/json' }, body: '{}' });
+    expect(res.status).toBe(202);
+    const { epoch } = (await res.json()) as { epoch: number };
+    expect(epoch).toBe(2);
+    const r = await replicate({ ...common(), vm: VM, once: true });
+    expect(r.state).toBe('protected');
+    const d = r.disks[0]!;
+    expect(d.firstSequence).toBe(1);
+    expect(d.dataBytes + d.zeroBytes).toBe(4 * MiB); // the one 4 MiB extent whose hash differs
+    expect(loadVmState(stateDir, VM).disks[0]!.epoch).toBe(2);
+    expect((await readCloudDisk(stack, VM, 'disk0', 48 * MiB)).equals(changed)).toBe(true);
+  });
+
   it('continuous mode: TrackedDisk churn travels from the journal every pass, with crash- and app-consistent tags (pre-tag hook)', async () => {
     const hookMark = join(dir, 'hook-ran');
     const ac = new AbortController();
