@@ -11,7 +11,7 @@ import { BlobServiceClient } from '@azure/storage-blob';
 import { BlobCaptureStore } from '../../shared/azure/blob-capture-store';
 import { DISKS_CONTAINER, storageConnectionString } from '../../shared/azure/composition';
 import { contentBlockId, EXTENT_BYTES, extentRange } from '../../shared/domain/extents';
-import { parseRecoveryPointId } from '../../shared/domain/recovery-points';
+import { parseRecoveryPointId, recoveryPointId } from '../../shared/domain/recovery-points';
 import { isValidId } from '../../shared/domain/ids';
 import type { ConsistencyKind } from '../../shared/domain/wire-format';
 import { createLogger, type Logger } from '../log';
@@ -281,6 +281,29 @@ export async function runOperation(options: CommonOptions & { vm: string; type: 
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(2000, delay * 1.5);
   }
+}
+
+/**
+ * `ferry migrate` (cut-over). Without `--recovery-point`, it first makes the final recovery
+ * point itself: one last delta pass of the (quiesced) source ending with a crash-consistent tag,
+ * waits until the cloud has applied it and the recovery point of that tag exists, then migrates
+ * exactly that point, so nothing written before the cut-over is left behind.
+ */
+export async function migrate(options: ReplicateOptions & { recoveryPoint?: string; finalSync?: boolean; recoveryPointWaitMs?: number; timeoutMs?: number }): Promise<OperationView> {
+  let recoveryPoint = options.recoveryPoint;
+  if (recoveryPoint === undefined && options.finalSync !== false) {
+    const pass = await replicate({ ...options, once: true });
+    if (pass.tagId === undefined) throw new ApplianceError('OPERATION_FAILED', `The final pass of VM '${options.vm}' carried no consistency tag; migrate a recovery point instead (--recovery-point).`);
+    const wanted = recoveryPointId(pass.tagId);
+    const api = cloudApi(options);
+    const deadline = Date.now() + (options.recoveryPointWaitMs ?? 120_000);
+    while (!(await api.recoveryPoints(options.vm)).some((p) => p.id === wanted)) {
+      if (Date.now() > deadline) throw new ApplianceError('OPERATION_FAILED', `The final recovery point ${wanted} of VM '${options.vm}' did not appear within ${Math.round((options.recoveryPointWaitMs ?? 120_000) / 1000)} s.`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    recoveryPoint = wanted;
+  }
+  return runOperation({ ...options, type: 'migrate', ...(recoveryPoint !== undefined ? { recoveryPoint } : {}) });
 }
 
 // ---- status ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../log';
 import { churn } from './churn';
-import { azureTransport, enable, formatStatus, replicate, runAgent, runOperation, status, verify, type ReplicateResult } from './commands';
+import { azureTransport, enable, formatStatus, migrate, replicate, runAgent, runOperation, status, verify, type ReplicateResult } from './commands';
 import { DEFAULT_API, type OperationType } from './cloud-api';
 import { ApplianceError, errorMessage } from './errors';
 import { DEFAULT_PROCESS_SERVER_PORT, startHttpsProcessServer } from './https-server';
@@ -210,12 +210,14 @@ export function buildProgram(): Command {
   for (const [type, description, example, rp] of [
     ['test-migrate', 'write fixed VHDs of a recovery point to container test-migrated and wait; replication goes on', 'ferry test-migrate --vm web-01', true],
     ['test-migrate-cleanup', 'delete the test migration and wait', 'ferry test-migrate-cleanup --vm web-01', false],
-    ['migrate', 'write fixed VHDs of a recovery point to container migrated and wait; replication stops', 'ferry migrate --vm web-01 --recovery-point rp-...', true],
+    ['migrate', 'cut-over: a final delta pass and tag of the quiesced source (unless --recovery-point or --no-final-sync), then fixed VHDs of that point in container migrated; replication stops', 'ferry migrate --vm web-01', true],
   ] as const) {
     const cmd = operation(type, description, example);
-    if (rp) cmd.option('--recovery-point <id>', 'a recovery point id (default: the latest)');
-    cmd.action(async (o: Common & { vm: string; recoveryPoint?: string }) => {
-      const op = await runOperation({ api: o.api, stateDir: o.stateDir, vm: o.vm, type, ...(o.recoveryPoint ? { recoveryPoint: o.recoveryPoint } : {}) });
+    if (rp) cmd.option('--recovery-point <id>', type === 'migrate' ? 'migrate this recovery point instead of making a final one' : 'a recovery point id (default: the latest)');
+    if (type === 'migrate') cmd.option('--no-final-sync', 'migrate the latest recovery point without a final pass');
+    cmd.action(async (o: Common & { vm: string; recoveryPoint?: string; finalSync?: boolean }) => {
+      const common = { api: o.api, stateDir: o.stateDir, vm: o.vm, ...(o.recoveryPoint ? { recoveryPoint: o.recoveryPoint } : {}) };
+      const op = type === 'migrate' ? await migrate({ ...common, finalSync: o.finalSync !== false }) : await runOperation({ ...common, type });
       print(o.json, op, [`${type} of ${o.vm}: ${op.status} (${op.operationId})`, ...(op.disks ?? []).map((d) => `  ${d.diskId}: ${d.vhdUrl} (${d.sizeBytes} bytes)`)].join('\n'));
     });
   }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { churn } from '../../../local/appliance/churn';
-import { enable, replicate, runOperation, verify } from '../../../local/appliance/commands';
+import { enable, migrate, replicate, runOperation, verify } from '../../../local/appliance/commands';
 import { loadVmState } from '../../../local/appliance/state';
 import { startTestStack, type TestStack } from '../../support/stack';
 import { waitFor } from '../../support/wait';
@@ -177,4 +177,18 @@ describe('ferry replicate --once with an ext4 image', () => {
       expect(body.recoveryPoints.some((p) => p.type === 'app-consistent')).toBe(true);
     }
   }, 90_000);
+
+  it('migrate (cut-over) makes a final pass and tag, and migrates exactly the source as it is then', async () => {
+    const changed = readFileSync(image);
+    changed.fill(0x77, 30 * MiB, 30 * MiB + 65536); // written after the last pass: only the final sync carries it
+    writeFileSync(image, changed);
+    const op = await migrate({ ...common(), vm: VM, timeoutMs: 120_000 });
+    expect(op).toMatchObject({ type: 'migrate', status: 'succeeded', disks: [{ diskId: 'disk0', sizeBytes: 48 * MiB }] });
+    const path = decodeURIComponent(new URL(op.disks![0]!.vhdUrl).pathname).split('/').slice(2);
+    expect(path[0]).toBe('migrated');
+    const blob = BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient(path[0]!).getBlobClient(path.slice(1).join('/'));
+    expect((await blob.downloadToBuffer(0, 48 * MiB)).equals(changed)).toBe(true);
+    const vm = (await (await fetch(`${stack.apiUrl}/vms/${VM}`, { headers: { 'x-functions-key': stack.functionKey } })).json()) as { state: string };
+    expect(vm.state).toBe('migrated');
+  }, 180_000);
 });
