@@ -11,7 +11,7 @@ import '@azure/functions-extensions-servicebus';
 import type { ServiceBusMessageContext } from '@azure/functions-extensions-servicebus';
 import { app, type InvocationContext } from '@azure/functions';
 import { applyDeps } from '../shared/azure/composition';
-import { applyBatchMessage } from '../shared/services/apply';
+import { applyBatchMessages } from '../shared/services/apply';
 
 export const REPLICATION_QUEUE = 'replication-batches';
 
@@ -26,25 +26,31 @@ function stringValue(text: string): string {
 
 export async function applyBatches(messageContext: ServiceBusMessageContext, context: InvocationContext): Promise<void> {
   const messages = Array.isArray(messageContext.messages) ? messageContext.messages : [messageContext.messages];
-  for (const message of messages) {
-    let outcome;
-    try {
-      outcome = await applyBatchMessage(applyDeps(), message.body);
-    } catch (err) {
-      context.warn(`Batch ${String(message.messageId)} not applied, will be redelivered (delivery ${message.deliveryCount ?? 0}): ${err instanceof Error ? err.message : String(err)}`);
-      await messageContext.actions.abandon(message);
-      throw err;
-    }
+  let outcomes;
+  try {
+    // One session's messages, in order: consecutive batches of the disk are written together.
+    outcomes = await applyBatchMessages(applyDeps(), messages.map((m) => m.body));
+  } catch (err) {
+    context.warn(`${messages.length} batch message(s) not applied, will be redelivered: ${err instanceof Error ? err.message : String(err)}`);
+    for (const m of messages) await messageContext.actions.abandon(m);
+    throw err;
+  }
+  for (const [i, message] of messages.entries()) {
+    const outcome = outcomes[i];
+    if (!outcome) continue;
     if (outcome.kind === 'dead-letter') {
       context.warn(`Batch ${String(message.messageId)} dead-lettered: ${outcome.reason}: ${outcome.description}`);
       await messageContext.actions.deadletter(message, undefined, stringValue(outcome.reason), stringValue(outcome.description));
       continue;
     }
     if (outcome.kind === 'applied') {
-      context.log(
-        `Applied ${outcome.vmId}/${outcome.diskId} epoch ${outcome.epoch} seq ${outcome.sequence}: ${outcome.stats.extentsWritten} extents, ${outcome.stats.bytesUploaded} bytes up` +
-          (outcome.vmState ? `; VM now ${outcome.vmState}` : ''),
-      );
+      if (outcome.stats.segmentsCommitted > 0 || outcome.vmState) {
+        const grouped = outcome.stats.groupedBatches ? ` (${outcome.stats.groupedBatches} batches written together)` : '';
+        context.log(
+          `Applied ${outcome.vmId}/${outcome.diskId} epoch ${outcome.epoch} seq ${outcome.sequence}: ${outcome.stats.extentsWritten} extents, ${outcome.stats.bytesUploaded} bytes up${grouped}` +
+            (outcome.vmState ? `; VM now ${outcome.vmState}` : ''),
+        );
+      }
     } else {
       context.log(`Duplicate ${outcome.vmId}/${outcome.diskId} epoch ${outcome.epoch} seq ${outcome.sequence} (applied ${outcome.appliedSequence}): completed without change`);
     }
@@ -58,6 +64,7 @@ app.serviceBusQueue('apply-batches', {
   isSessionsEnabled: true,
   sdkBinding: true,
   autoCompleteMessages: false,
-  cardinality: 'one',
+  // A session receive's messages together, so consecutive batches of a disk are written once.
+  cardinality: 'many',
   handler: applyBatches as unknown as (message: unknown, context: InvocationContext) => Promise<void>,
 });

@@ -25,6 +25,7 @@ import {
   composeExtent,
   contentBlockId,
   diskBlobPrefix,
+  mergeExtentWrites,
   planExtentWrites,
   segmentBlobName,
   segmentInfo,
@@ -68,17 +69,25 @@ export class BlobDiskStore implements DiskStore {
     }
   }
 
-  async apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats> {
+  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats> {
+    return this.applyBatches(disk, sizeBytes, [records]);
+  }
+
+  async applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[]): Promise<ApplyStats> {
     const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
     let writes: ExtentWrite[];
     try {
-      writes = planExtentWrites(records, sizeBytes);
+      writes = mergeExtentWrites(batches.map((records) => planExtentWrites(records, sizeBytes)));
     } catch (err) {
       if (isDomainError(err)) throw new DiskStoreError('OUT_OF_BOUNDS', `Records do not fit the ${sizeBytes}-byte disk ${disk.vmId}/${disk.diskId}: ${err.message}`, false);
       throw err;
     }
     const bySegment = new Map<number, ExtentWrite[]>();
-    for (const w of writes) bySegment.set(w.segment, [...(bySegment.get(w.segment) ?? []), w]);
+    for (const w of writes) {
+      const list = bySegment.get(w.segment);
+      if (list) list.push(w);
+      else bySegment.set(w.segment, [w]);
+    }
     for (const [segment, segmentWrites] of bySegment) await this.applySegment(disk, sizeBytes, segment, segmentWrites, stats);
     return stats;
   }
@@ -104,40 +113,38 @@ export class BlobDiskStore implements DiskStore {
       etag = undefined;
     }
 
+    // Compose and stage extent by extent, at most STAGE_CONCURRENCY at a time: memory holds a few
+    // 4 MiB extents, never all the extents a large batch touches.
     const staged = new Set<string>();
-    const toStage: { id: string; data: Buffer }[] = [];
-    for (const w of writes) {
-      const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
-      const content = await this.extentContent(blob, w, currentId, stats, what);
-      const id = w.allZero ? zeroBlockId(w.extentLength) : contentBlockId(content);
-      if (id === currentId) continue; // unchanged: a redelivered batch lands here
-      ids[w.blockIndex] = id;
-      if (!staged.has(id)) {
-        staged.add(id);
-        toStage.push({ id, data: content });
-      }
-    }
-    if (etag === undefined) {
-      // New segment: its untouched extents refer to the zero block(s), which must be staged too.
-      lengths.forEach((len, i) => {
-        const zid = zeroBlockId(len);
-        if (ids[i] === zid && !staged.has(zid)) {
-          staged.add(zid);
-          toStage.push({ id: zid, data: Buffer.alloc(len) });
-        }
-      });
-    }
-    if (toStage.length === 0) return;
-
+    let uploaded = 0;
     try {
-      await runLimited(toStage, STAGE_CONCURRENCY, async ({ id, data }) => {
-        await blob.stageBlock(id, data, data.length);
+      await runLimited(writes, STAGE_CONCURRENCY, async (w) => {
+        const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
+        const content = await this.extentContent(blob, w, currentId, stats, what);
+        const id = w.allZero ? zeroBlockId(w.extentLength) : contentBlockId(content);
+        if (id === currentId) return; // unchanged: a redelivered batch lands here
+        ids[w.blockIndex] = id;
+        if (staged.has(id)) return;
+        staged.add(id);
+        await blob.stageBlock(id, content, content.length);
+        uploaded += content.length;
       });
+      if (etag === undefined) {
+        // New segment: its untouched extents refer to the zero block(s), which must be staged too.
+        for (const [i, len] of lengths.entries()) {
+          const zid = zeroBlockId(len);
+          if (ids[i] !== zid || staged.has(zid)) continue;
+          staged.add(zid);
+          await blob.stageBlock(zid, Buffer.alloc(len), len);
+          uploaded += len;
+        }
+      }
     } catch (err) {
       throw wrap(err, what);
     }
-    stats.extentsWritten += toStage.length;
-    stats.bytesUploaded += toStage.reduce((n, s) => n + s.data.length, 0);
+    if (staged.size === 0) return;
+    stats.extentsWritten += staged.size;
+    stats.bytesUploaded += uploaded;
     faultPoint('disk.blocks-staged');
     try {
       await blob.commitBlockList(ids, { conditions: etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: etag } });

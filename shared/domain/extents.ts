@@ -245,3 +245,34 @@ export function composeExtent(write: ExtentWrite, previous?: Uint8Array | null):
   }
   return out;
 }
+
+/**
+ * Merges the extent writes of consecutive batches of one disk (in their order) into one write
+ * per extent: its pieces are every batch's pieces in order, so composeExtent lets later bytes
+ * win, exactly as applying the batches one after another would. Applying several queued batches
+ * this way reads and rewrites each extent once instead of once per batch.
+ */
+export function mergeExtentWrites(lists: readonly (readonly ExtentWrite[])[]): ExtentWrite[] {
+  const byExtent = new Map<number, ExtentWrite>();
+  for (const list of lists) {
+    for (const w of list) {
+      const cur = byExtent.get(w.extentIndex);
+      if (cur === undefined) byExtent.set(w.extentIndex, { ...w, pieces: [...w.pieces] });
+      else cur.pieces.push(...w.pieces);
+    }
+  }
+  const out = [...byExtent.values()].sort((a, b) => a.extentIndex - b.extentIndex);
+  for (const w of out) {
+    const spans = w.pieces.map((p) => [p.start, p.start + p.length] as const).sort((a, b) => a[0] - b[0]);
+    let covered = 0;
+    let end = 0;
+    for (const [s, e] of spans) {
+      if (e <= end) continue;
+      covered += e - Math.max(s, end);
+      end = e;
+    }
+    w.full = covered === w.extentLength;
+    w.allZero = w.full && w.pieces.every((p) => p.data === undefined);
+  }
+  return out;
+}

@@ -123,6 +123,23 @@ export class MemoryDiskStore implements DiskStore {
     if (records.length > 0) this.writes++;
     return { extentsWritten: 0, extentsRead: 0, bytesUploaded: bytes, bytesDownloaded: 0, segmentsCommitted: records.length > 0 ? 1 : 0 };
   }
+  async applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[]): Promise<ApplyStats> {
+    for (const records of batches) {
+      for (const r of records) {
+        const len = r.kind === 'zero' ? r.length : r.data.length;
+        if (r.offset < 0 || r.offset + len > sizeBytes) throw new DiskStoreError('OUT_OF_BOUNDS', `A record at ${r.offset} is outside the disk.`, false);
+      }
+    }
+    const total: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
+    const before = this.writes;
+    for (const records of batches) {
+      const s = await this.apply(disk, sizeBytes, records);
+      total.bytesUploaded += s.bytesUploaded;
+      total.segmentsCommitted = Math.max(total.segmentsCommitted, s.segmentsCommitted);
+    }
+    this.writes = Math.min(this.writes, before + 1);
+    return total;
+  }
   async read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer> {
     const buf = this.contents.get(this.key(disk)) ?? Buffer.alloc(sizeBytes);
     return Buffer.from(buf.subarray(offset, offset + length));

@@ -33,12 +33,20 @@ export interface ApplyStats {
   bytesDownloaded: number;
   /** Storage objects (segments) whose block list was committed. */
   segmentsCommitted: number;
+  /** Batches written together in this write (applyBatches), when more than one. */
+  groupedBatches?: number;
 }
 
 export interface DiskStore {
   /** Makes the disk exist as all zeros; idempotent (an existing disk is left as it is). */
   create(disk: DiskRef, sizeBytes: number): Promise<void>;
   apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats>;
+  /**
+   * Applies several batches' records, in order, as one write: the same content as applying them
+   * one after another, but each extent is read and rewritten once (random writes spread over
+   * consecutive batches cost one rewrite per extent, not one per batch). Same idempotence.
+   */
+  applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[]): Promise<ApplyStats>;
   /** Reads `length` bytes at `offset` (both inside the disk). */
   read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer>;
   /** Removes the disk and everything stored for it; idempotent. */

@@ -10,6 +10,7 @@ import {
   extentCount,
   extentRange,
   extentsForRange,
+  mergeExtentWrites,
   planExtentWrites,
   SEGMENT_BYTES,
   segmentBlobName,
@@ -248,6 +249,46 @@ describe('planExtentWrites and composeExtent', () => {
         },
       ),
       { numRuns: 80 },
+    );
+  });
+
+  it('merging consecutive batches gives the same disk as applying them one after another', () => {
+    const size = 3 * EXTENT_BYTES + 4096;
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.array(fc.record({ sector: fc.integer({ min: 0, max: size / 512 - 64 }), sectors: fc.integer({ min: 1, max: 64 }), zero: fc.boolean(), fill: fc.integer({ min: 1, max: 255 }) }), { maxLength: 6 }),
+          { minLength: 1, maxLength: 5 },
+        ),
+        fc.boolean(),
+        (batches, wholeFirst) => {
+          const lists: BatchRecord[][] = batches.map((shape) => {
+            const out: BatchRecord[] = [];
+            let end = 0;
+            for (const r of [...shape].sort((a, b) => a.sector - b.sector)) {
+              const offset = Math.max(end, r.sector * 512);
+              const length = Math.min(r.sectors * 512, size - offset);
+              if (length <= 0) break;
+              out.push(r.zero ? { kind: 'zero', offset, length } : { kind: 'data', offset, data: Buffer.alloc(length, r.fill) });
+              end = offset + length;
+            }
+            return out;
+          });
+          if (wholeFirst) lists.unshift([{ kind: 'data', offset: 0, data: Buffer.alloc(size, 9) }]);
+          const initial = Buffer.alloc(size);
+          for (let i = 0; i < size; i += 512) initial[i] = (i / 512) & 0xff;
+          const sequential = Buffer.from(initial);
+          for (const list of lists) for (const r of list) r.kind === 'zero' ? sequential.fill(0, r.offset, r.offset + r.length) : sequential.set(r.data, r.offset);
+          const merged = Buffer.from(initial);
+          for (const w of mergeExtentWrites(lists.map((l) => planExtentWrites(l, size)))) {
+            const prev = w.full ? undefined : merged.subarray(w.extentOffset, w.extentOffset + w.extentLength);
+            composeExtent(w, prev).copy(merged, w.extentOffset);
+            if (w.allZero) expect(merged.subarray(w.extentOffset, w.extentOffset + w.extentLength).every((b) => b === 0)).toBe(true);
+          }
+          expect(merged.equals(sequential)).toBe(true);
+        },
+      ),
+      { numRuns: 100 },
     );
   });
 });
