@@ -2,29 +2,11 @@
  * The Ferry cloud API as the appliance uses it (contract: CONTRACT.md, "HTTP API"). Network
  * failures become UNREACHABLE naming the endpoint and how to start the local stack.
  */
+import type { VmView } from '../../shared/services/vms';
 import { ApplianceError } from './errors';
 
-export interface DiskView {
-  diskId: string;
-  sizeBytes: number;
-  initialReplicationPercent: number;
-  epoch: number;
-  appliedSequence: number;
-  lastAppliedAt: string | null;
-  lastCapturedAt?: string | null;
-}
-
-export interface VmView {
-  vmId: string;
-  state: string;
-  health: string;
-  healthReasons: unknown[];
-  rpoSeconds: number | null;
-  keyId: number;
-  disks: DiskView[];
-  /** In `resync-required`: the epoch to send every disk's resync in (docs/resync.md). */
-  resync?: { epoch: number } | null;
-}
+/** The API's own response types: the appliance reads exactly what the functions return. */
+export type { DiskView, VmView } from '../../shared/services/vms';
 
 /** One page of `GET /api/vms/{vmId}/disks/{diskId}/hashes`. */
 export interface HashesPage {
