@@ -29,7 +29,9 @@ export async function applyBatches(messageContext: ServiceBusMessageContext, con
   let outcomes;
   try {
     // One session's messages, in order: consecutive batches of the disk are written together.
-    outcomes = await applyBatchMessages(applyDeps(), messages.map((m) => m.body));
+    // One receive is one session; each batch must belong to it (checked against the envelope).
+    const sessionId = messages[0]?.sessionId;
+    outcomes = await applyBatchMessages(applyDeps(), messages.map((m) => m.body), sessionId === undefined ? {} : { sessionId });
   } catch (err) {
     context.warn(`${messages.length} batch message(s) not applied, will be redelivered: ${err instanceof Error ? err.message : String(err)}`);
     for (const m of messages) await messageContext.actions.abandon(m);

@@ -1,12 +1,10 @@
 /** StagingStore over blob container `staging`. */
 import type { ContainerClient } from '@azure/storage-blob';
 import { STAGING_CONTAINER } from '../domain/envelope';
-import type { StagedBlobInfo, StagingStore } from '../ports/staging-store';
+import { StagingTooLargeError, type StagedBlobInfo, type StagingStore } from '../ports/staging-store';
 import { statusOf } from './rest';
 
-export class StagingTooLargeError extends Error {
-  override readonly name = 'StagingTooLargeError';
-}
+export { StagingTooLargeError };
 
 export class BlobStagingStore implements StagingStore {
   private ensured: Promise<unknown> | undefined;
@@ -24,7 +22,7 @@ export class BlobStagingStore implements StagingStore {
     const blob = this.container.getBlockBlobClient(name);
     try {
       const props = await blob.getProperties();
-      if ((props.contentLength ?? 0) > maxBytes) throw new StagingTooLargeError(`Staging blob ${name} is ${props.contentLength} bytes, above the ${maxBytes}-byte limit of a sealed batch.`);
+      if ((props.contentLength ?? 0) > maxBytes) throw new StagingTooLargeError(`Staging blob ${name} is ${props.contentLength} bytes, above the ${maxBytes} bytes expected.`);
       return await blob.downloadToBuffer(0, props.contentLength ?? 0);
     } catch (err) {
       if (statusOf(err) === 404) return undefined;

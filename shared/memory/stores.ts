@@ -10,7 +10,7 @@ import type { VhdContainer, VhdStore, VhdTarget } from '../ports/vhd-store';
 import { MAX_PAGE_WRITE_BYTES } from '../ports/vhd-store';
 import type { CaptureRecord } from '../domain/recovery-points';
 import { contentBlockId, extentCount, extentRange, zeroBlockId } from '../domain/extents';
-import type { StagedBlobInfo, StagingStore } from '../ports/staging-store';
+import { StagingTooLargeError, type StagedBlobInfo, type StagingStore } from '../ports/staging-store';
 import type { BatchRecord } from '../domain/wire-format';
 
 const clone = <T>(v: T): T => structuredClone(v);
@@ -157,7 +157,7 @@ export class MemoryStagingStore implements StagingStore {
   }
   async get(name: string, maxBytes: number): Promise<Buffer | undefined> {
     const b = this.blobs.get(name);
-    if (b && b.body.length > maxBytes) throw new Error(`Staging blob ${name} is larger than ${maxBytes} bytes.`);
+    if (b && b.body.length > maxBytes) throw new StagingTooLargeError(`Staging blob ${name} is ${b.body.length} bytes, above the ${maxBytes} bytes expected.`);
     return b ? Buffer.from(b.body) : undefined;
   }
   async delete(name: string): Promise<void> {

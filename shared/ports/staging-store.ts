@@ -11,9 +11,22 @@ export interface StagedBlobInfo {
 
 export interface StagingStore {
   put(name: string, body: Buffer): Promise<void>;
-  /** The blob's bytes, or undefined when it does not exist. Refuses blobs larger than `maxBytes`. */
+  /**
+   * The blob's bytes, or undefined when it does not exist. A blob larger than `maxBytes` is
+   * refused with StagingTooLargeError (permanent: the apply function dead-letters the batch).
+   */
   get(name: string, maxBytes: number): Promise<Buffer | undefined>;
   /** Idempotent. */
   delete(name: string): Promise<void>;
   list(prefix?: string): AsyncIterable<StagedBlobInfo>;
+}
+
+/** A staged blob is larger than the caller accepts (the envelope's sizeBytes): permanent. */
+export class StagingTooLargeError extends Error {
+  override readonly name = 'StagingTooLargeError';
+}
+
+/** Type guard on `name`, not `instanceof`. */
+export function isStagingTooLargeError(err: unknown): err is StagingTooLargeError {
+  return typeof err === 'object' && err !== null && (err as { name?: unknown }).name === 'StagingTooLargeError';
 }

@@ -17,7 +17,7 @@
 import { openBatch } from '../codec/batch';
 import { sealedBytesFrom } from '../codec/envelope';
 import { unwrapDataKey } from '../codec/key-wrap';
-import { MAX_SEALED_BYTES, parseEnvelope, type BatchEnvelope } from '../domain/envelope';
+import { batchSessionId, parseEnvelope, type BatchEnvelope } from '../domain/envelope';
 import { decideBatch } from '../domain/sequencing';
 import { acceptsBatches, transition } from '../domain/state-machine';
 import { isWireFormatError } from '../domain/wire-format-error';
@@ -25,7 +25,7 @@ import type { DecodedBatch } from '../domain/wire-format';
 import { isDiskStoreError, type ApplyStats } from '../ports/disk-store';
 import type { CaptureStore } from '../ports/capture-store';
 import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
-import type { StagingStore } from '../ports/staging-store';
+import { isStagingTooLargeError, type StagingStore } from '../ports/staging-store';
 import type { ReplicationDeps } from './deps';
 import { faultPoint } from '../faults';
 import { captureAtTag } from './recovery-points';
@@ -36,9 +36,13 @@ export type DeadLetterReason =
   | 'UnknownVm'
   | 'VmNotReplicating'
   | 'UnknownDisk'
+  | 'WrongSession'
   | 'SequenceGap'
   | 'StagingBlobMissing'
+  | 'StagingBlobMismatch'
   | 'UnknownKey'
+  | 'AuthenticationFailed'
+  | 'BatchMismatch'
   | 'InvalidBatch'
   | 'DiskSizeMismatch';
 
@@ -77,8 +81,27 @@ function deadLetter(reason: DeadLetterReason, description: string, env?: { vmId:
   return { kind: 'dead-letter', reason, description, ...(env ? { vmId: env.vmId, diskId: env.diskId } : {}) };
 }
 
+export interface ApplyMessageOptions {
+  /**
+   * The Service Bus session the message(s) came in. A batch must arrive in its disk's session
+   * (`<vmId>/<diskId>`): only that keeps its disk's batches in order and applied by one consumer
+   * at a time. Absent: not checked.
+   */
+  sessionId?: string;
+}
+
+function wrongSession(env: BatchEnvelope, sessionId: string | undefined): ApplyOutcome | undefined {
+  const want = batchSessionId(env.vmId, env.diskId);
+  if (sessionId === undefined || sessionId === want) return undefined;
+  return deadLetter(
+    'WrongSession',
+    `Batch for VM '${env.vmId}' disk '${env.diskId}' epoch ${env.epoch} sequence ${env.seq} arrived in session '${sessionId}'; a disk's batches must be sent in session '${want}' (the appliance sets it), so it was not applied.`,
+    env,
+  );
+}
+
 /** `body`: the message body as the trigger hands it over (parsed JSON, JSON text or bytes). */
-export async function applyBatchMessage(deps: ApplyDeps, body: unknown): Promise<ApplyOutcome> {
+export async function applyBatchMessage(deps: ApplyDeps, body: unknown, options: ApplyMessageOptions = {}): Promise<ApplyOutcome> {
   let env: BatchEnvelope;
   try {
     env = parseEnvelope(body);
@@ -87,7 +110,7 @@ export async function applyBatchMessage(deps: ApplyDeps, body: unknown): Promise
     await recordDeadLetter(deps, vmIdOf(body), outcome);
     return outcome;
   }
-  const outcome = await applyEnvelope(deps, env);
+  const outcome = wrongSession(env, options.sessionId) ?? (await applyEnvelope(deps, env));
   if (outcome.kind === 'dead-letter') await recordDeadLetter(deps, env.vmId, outcome);
   return outcome;
 }
@@ -121,7 +144,7 @@ const GROUP_MAX_DATA_BYTES = 64 * 1024 * 1024;
  * (duplicate, gap, bad...), which then takes the single path after the group is written.
  * A crash mid-group redelivers the whole receive: writes are absolute, so it converges.
  */
-export async function applyBatchMessages(deps: ApplyDeps, bodies: readonly unknown[]): Promise<ApplyOutcome[]> {
+export async function applyBatchMessages(deps: ApplyDeps, bodies: readonly unknown[], options: ApplyMessageOptions = {}): Promise<ApplyOutcome[]> {
   const outcomes: ApplyOutcome[] = new Array<ApplyOutcome>(bodies.length);
   let group: { index: number; ready: Ready }[] = [];
   let groupBytes = 0;
@@ -140,9 +163,9 @@ export async function applyBatchMessages(deps: ApplyDeps, bodies: readonly unkno
     } catch {
       env = undefined;
     }
-    if (!env) {
+    if (!env || wrongSession(env, options.sessionId)) {
       await flush();
-      outcomes[index] = await applyBatchMessage(deps, body);
+      outcomes[index] = await applyBatchMessage(deps, body, options);
       continue;
     }
     let after = group[group.length - 1]?.ready;
@@ -161,7 +184,7 @@ export async function applyBatchMessages(deps: ApplyDeps, bodies: readonly unkno
     await flush();
     if (prepared.kind === 'single' || after) {
       // Judged against the group's position: judge it again against the stored state, now current.
-      outcomes[index] = await applyBatchMessage(deps, body);
+      outcomes[index] = await applyBatchMessage(deps, body, options);
     } else {
       if (prepared.kind === 'dead-letter') await recordDeadLetter(deps, env.vmId, prepared);
       outcomes[index] = prepared;
@@ -236,26 +259,28 @@ async function prepare(deps: ApplyDeps, env: BatchEnvelope, after?: Ready): Prom
     await deleteStaged(deps, env);
     return { kind: 'duplicate', vmId, diskId, epoch: env.epoch, sequence: env.seq, appliedSequence: disk.appliedSequence };
   }
-  if (decision.action === 'gap') {
-    await recordGap(deps, found.vm, disk, env.epoch, decision.expectedSequence);
-    return deadLetter(
-      'SequenceGap',
-      `Batch for ${where} arrived but sequence ${decision.expectedSequence} never did: it was lost or dead-lettered. The disk needs a resync (POST /api/vms/${vmId}/resync).`,
-      env,
-    );
-  }
+  // A gap is judged only for an authentic batch (below): the envelope is not authenticated, and
+  // a forged or misrouted message must not force a resync.
 
   faultPoint('apply.state-read');
   let sealed: Buffer;
   if ('inline' in env.payload) {
     sealed = sealedBytesFrom(env);
   } else {
-    const blob = await deps.staging.get(env.payload.blob.name, MAX_SEALED_BYTES);
-    if (!blob) return deadLetter('StagingBlobMissing', `Batch for ${where}: its payload blob staging/${env.payload.blob.name} does not exist.`, env);
+    const ref = env.payload.blob;
+    let blob: Buffer | undefined;
+    try {
+      // Bounded by the envelope's size (itself at most a sealed batch's): nothing larger is read.
+      blob = await deps.staging.get(ref.name, ref.sizeBytes);
+    } catch (err) {
+      if (!isStagingTooLargeError(err)) throw err;
+      return deadLetter('StagingBlobMismatch', `Batch for ${where}: ${err.message} The blob was overwritten or belongs to another batch; the appliance resends the batch.`, env);
+    }
+    if (!blob) return deadLetter('StagingBlobMissing', `Batch for ${where}: its payload blob staging/${ref.name} does not exist.`, env);
     try {
       sealed = sealedBytesFrom(env, blob);
     } catch (err) {
-      return deadLetter('InvalidBatch', `Batch for ${where}: ${err instanceof Error ? err.message : String(err)}`, env);
+      return deadLetter('StagingBlobMismatch', `Batch for ${where}: ${err instanceof Error ? err.message : String(err)}`, env);
     }
   }
 
@@ -269,17 +294,43 @@ async function prepare(deps: ApplyDeps, env: BatchEnvelope, after?: Ready): Prom
   if (!key) return deadLetter('UnknownKey', `Batch for ${where}: VM '${vmId}' has no data key ${env.keyId}.`, env);
 
   let batch: DecodedBatch;
+  let sealedKeyId = env.keyId;
   try {
-    batch = openBatch(sealed, (v, k) => (v === vmId && k === env.keyId ? key : undefined), { vmId, diskId, epoch: env.epoch, sequence: env.seq });
+    batch = openBatch(
+      sealed,
+      (v, k) => {
+        sealedKeyId = k;
+        return v === vmId && k === env.keyId ? key : undefined;
+      },
+      { vmId, diskId, epoch: env.epoch, sequence: env.seq },
+    );
   } catch (err) {
     if (!isWireFormatError(err)) throw err;
-    return deadLetter('InvalidBatch', `Batch for ${where} was refused (${err.code} in ${err.field}): ${err.message}`, env);
+    const refused = `Batch for ${where} was refused (${err.code} in ${err.field})`;
+    if (err.code === 'AUTH_FAILED') {
+      return deadLetter(
+        'AuthenticationFailed',
+        `${refused}: it was not sealed with key ${env.keyId} of VM '${vmId}' (but with another VM's key, or one from before replication was enabled again), or its bytes were altered. Check that the appliance uses the VM's current data key; if it does, the message was tampered with.`,
+        env,
+      );
+    }
+    if (err.code === 'UNEXPECTED_BATCH') return deadLetter('BatchMismatch', `${refused}: the envelope and the sealed batch disagree, so it was replayed or misrouted: ${err.message}`, env);
+    if (err.code === 'UNKNOWN_KEY') return deadLetter('BatchMismatch', `${refused}: the envelope names key ${env.keyId} but the sealed batch key ${sealedKeyId}.`, env);
+    return deadLetter('InvalidBatch', `${refused}: ${err.message}`, env);
   }
   if (batch.header.diskSizeBytes !== disk.sizeBytes) {
     return deadLetter('DiskSizeMismatch', `Batch for ${where} is for a ${batch.header.diskSizeBytes}-byte disk; the registered disk is ${disk.sizeBytes} bytes.`, env);
   }
   if (batch.header.capturedAt !== env.capturedAt) {
-    return deadLetter('InvalidBatch', `Batch for ${where}: the envelope's capturedAt differs from the sealed one.`, env);
+    return deadLetter('BatchMismatch', `Batch for ${where}: the envelope's capturedAt ${env.capturedAt} differs from the sealed one ${batch.header.capturedAt}, so it was altered or misrouted.`, env);
+  }
+  if (decision.action === 'gap') {
+    await recordGap(deps, found.vm, disk, env.epoch, decision.expectedSequence);
+    return deadLetter(
+      'SequenceGap',
+      `Batch for ${where} arrived but sequence ${decision.expectedSequence} never did: it was lost or dead-lettered. The disk needs a resync (POST /api/vms/${vmId}/resync).`,
+      env,
+    );
   }
   return { kind: 'ready', env, found, disk, batch, where };
 }

@@ -117,15 +117,15 @@ describe('apply-batches on the local stack', () => {
   });
 
   it.each([
-    ['tampered ciphertext', 'InvalidBatch', /AUTH_FAILED/, (b: Batch) => sender.send(b, dataKey, { tamper: (s) => { s[s.length - 40] = (s[s.length - 40] ?? 0) ^ 0xff; return s; } })],
-    ['a batch sealed with another key', 'InvalidBatch', /AUTH_FAILED/, (b: Batch) => sender.send(b, randomBytes(32))],
+    ['tampered ciphertext', 'AuthenticationFailed', /AUTH_FAILED/, (b: Batch) => sender.send(b, dataKey, { tamper: (s) => { s[s.length - 40] = (s[s.length - 40] ?? 0) ^ 0xff; return s; } })],
+    ['a batch sealed with another key', 'AuthenticationFailed', /AUTH_FAILED/, (b: Batch) => sender.send(b, randomBytes(32))],
     ['an unknown key id', 'UnknownKey', /no data key 7/, (b: Batch) => sender.send(b, dataKey, { keyId: 7 })],
     ['a truncated payload', 'InvalidBatch', /TRUNCATED/, async (b: Batch) => {
       const out = envelopeFor(sealBatch(b, dataKey, 1, randomBytes));
       const env = out.envelope as { payload: { inline: string } };
       await sender.sendRaw({ ...out.envelope, payload: { inline: env.payload.inline.slice(0, 200) } }, out.sessionId);
     }],
-    ['a batch replayed onto another disk', 'InvalidBatch', /UNEXPECTED_BATCH/, async (b: Batch) => {
+    ['a batch replayed onto another disk', 'BatchMismatch', /UNEXPECTED_BATCH/, async (b: Batch) => {
       const out = envelopeFor(sealBatch({ ...b, diskId: 'disk1', diskSizeBytes: SIZES.disk1!, sequence: next.disk1! }, dataKey, 1, randomBytes));
       await sender.sendRaw({ ...out.envelope, diskId: 'disk0', seq: b.sequence }, batchSessionId(VM, 'disk0'));
     }],

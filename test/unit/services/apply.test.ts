@@ -97,7 +97,7 @@ describe('applyBatchMessage', () => {
     ['an envelope with an unknown field', async () => ({ ...((await message(w, batch('disk0', 1, []))) as object), extra: 1 }), 'InvalidEnvelope'],
     ['a batch for an unknown VM', async () => message(w, batch('disk0', 1, [], { vmId: 'ghost' })), 'UnknownVm'],
     ['a batch for an unknown disk', async () => message(w, batch('disk7', 1, [])), 'UnknownDisk'],
-    ['a batch sealed with another key', async () => message(w, batch('disk0', 1, [data(0, 512, 1)]), { key: randomBytes(32) }), 'InvalidBatch'],
+    ['a batch sealed with another key', async () => message(w, batch('disk0', 1, [data(0, 512, 1)]), { key: randomBytes(32) }), 'AuthenticationFailed'],
     ['an unknown key id', async () => message(w, batch('disk0', 1, []), { keyId: 9 }), 'UnknownKey'],
     ['a disk-size mismatch', async () => message(w, batch('disk0', 1, [], { diskSizeBytes: SIZE * 2 })), 'DiskSizeMismatch'],
     ['a missing staging blob', async () => {
@@ -109,7 +109,7 @@ describe('applyBatchMessage', () => {
     ['a replayed batch of another disk', async () => {
       const env = (await message(w, batch('disk1', 1, [data(0, 512, 5)]))) as Record<string, unknown>;
       return { ...env, diskId: 'disk0' };
-    }, 'InvalidBatch'],
+    }, 'BatchMismatch'],
   ])('dead-letters %s and touches no disk', async (_what, make, reason) => {
     const out = await applyBatchMessage(w.deps, await make());
     expect(out).toMatchObject({ kind: 'dead-letter', reason });
