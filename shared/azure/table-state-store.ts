@@ -1,6 +1,7 @@
 /**
  * StateStore over Azure Tables: table `ferrystate`, one partition per VM.
- * Rows: `vm` (the VM), `disk:<diskId>` (one per disk), `key:<keyId, 10 digits>` (wrapped keys).
+ * Rows: `vm` (the VM), `disk:<diskId>` (one per disk), `key:<keyId, 10 digits>` (wrapped keys,
+ * with `retiresAt` once a rotation replaced them; -1 while current).
  * Numbers are ms timestamps and byte counts below 2^53, stored as Double; structured fields
  * (policy, recent issues) as JSON strings (a property holds at most 64 KiB; both are bounded).
  */
@@ -9,8 +10,10 @@ import { DEFAULT_POLICY, replicationPolicySchema } from '../domain/policy';
 import type { CaptureRecord } from '../domain/recovery-points';
 import { isVmState } from '../domain/state-machine';
 import {
+  MAX_RETIREMENTS_PER_ROTATION,
   StateStoreError,
   type DiskRecord,
+  type KeyRetirement,
   type OperationRecord,
   type StateStore,
   type VmRecord,
@@ -43,6 +46,17 @@ function wrap(err: unknown, what: string): StateStoreError {
 
 const num = (v: unknown): number => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : Number(v ?? 0));
 const keyRow = (keyId: number): string => `${KEY_PREFIX}${String(keyId).padStart(10, '0')}`;
+
+function keyToEntity(k: WrappedKeyRecord): TableEntity {
+  return { partitionKey: k.vmId, rowKey: keyRow(k.keyId), wrapped: k.wrapped, createdAt: k.createdAt, retiresAt: k.retiresAt ?? -1 };
+}
+
+function keyFromEntity(vmId: string, e: Row): WrappedKeyRecord | undefined {
+  const wrapped = e.wrapped;
+  if (!(wrapped instanceof Uint8Array)) return undefined;
+  const retiresAt = num(e.retiresAt);
+  return { vmId, keyId: Number((e.rowKey ?? '').slice(KEY_PREFIX.length)), wrapped: Buffer.from(wrapped), createdAt: num(e.createdAt), ...(retiresAt >= 0 && e.retiresAt !== undefined ? { retiresAt } : {}) };
+}
 
 function vmToEntity(vm: VmRecord): TableEntity {
   return {
@@ -135,7 +149,7 @@ export class TableStateStore implements StateStore {
       await this.table.submitTransaction([
         ['create', vmToEntity(vm)],
         ...disks.map((d) => ['create', diskToEntity(d)] as ['create', TableEntity]),
-        ['create', { partitionKey: key.vmId, rowKey: keyRow(key.keyId), wrapped: key.wrapped, createdAt: key.createdAt }],
+        ['create', keyToEntity(key)],
       ]);
     } catch (err) {
       throw wrap(err, `VM '${vm.vmId}'`);
@@ -191,13 +205,32 @@ export class TableStateStore implements StateStore {
   async getKey(vmId: string, keyId: number): Promise<WrappedKeyRecord | undefined> {
     await this.ensureTable();
     try {
-      const e = await this.table.getEntity<Record<string, unknown>>(vmId, keyRow(keyId));
-      const wrapped = e.wrapped;
-      if (!(wrapped instanceof Uint8Array)) return undefined;
-      return { vmId, keyId, wrapped: Buffer.from(wrapped), createdAt: num(e.createdAt) };
+      return keyFromEntity(vmId, await this.table.getEntity<Record<string, unknown>>(vmId, keyRow(keyId)));
     } catch (err) {
       if (statusOf(err) === 404) return undefined;
       throw wrap(err, `reading key ${keyId} of VM '${vmId}'`);
+    }
+  }
+
+  async listKeys(vmId: string): Promise<WrappedKeyRecord[]> {
+    const rows = await this.partition(vmId, `RowKey ge '${KEY_PREFIX}' and RowKey lt 'key;'`);
+    return rows.map((r) => keyFromEntity(vmId, r)).filter((k): k is WrappedKeyRecord => k !== undefined).sort((a, b) => a.keyId - b.keyId);
+  }
+
+  async rotateKey(vm: VmRecord, key: WrappedKeyRecord, retire: readonly KeyRetirement[]): Promise<string> {
+    if (retire.length > MAX_RETIREMENTS_PER_ROTATION) throw new Error(`At most ${MAX_RETIREMENTS_PER_ROTATION} keys can be retired in one rotation.`);
+    await this.ensureTable();
+    try {
+      // One entity group transaction: the VM row under its ETag (If-Match), the new key
+      // (insert: 409 if it exists) and the retirements (merge: 404 if missing); all or nothing.
+      const res = await this.table.submitTransaction([
+        ['update', vmToEntity(vm), 'Replace', { etag: vm.etag ?? '*' }],
+        ['create', keyToEntity(key)],
+        ...retire.map((r) => ['update', { partitionKey: vm.vmId, rowKey: keyRow(r.keyId), retiresAt: r.retiresAt }, 'Merge'] as ['update', TableEntity, 'Merge']),
+      ]);
+      return res.getResponseForEntity(VM_ROW)?.etag ?? res.subResponses[0]?.etag ?? '';
+    } catch (err) {
+      throw wrap(err, `rotating the data key of VM '${vm.vmId}'`);
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
 import type { CapturedExtent, CaptureStats, CaptureStore } from '../ports/capture-store';
-import { StateStoreError, type DiskRecord, type OperationRecord, type StateStore, type VmRecord, type VmWithDisks, type WrappedKeyRecord } from '../ports/state-store';
+import { MAX_RETIREMENTS_PER_ROTATION, StateStoreError, type DiskRecord, type KeyRetirement, type OperationRecord, type StateStore, type VmRecord, type VmWithDisks, type WrappedKeyRecord } from '../ports/state-store';
 import type { VhdContainer, VhdStore, VhdTarget } from '../ports/vhd-store';
 import { MAX_PAGE_WRITE_BYTES } from '../ports/vhd-store';
 import type { CaptureRecord } from '../domain/recovery-points';
@@ -49,6 +49,23 @@ export class MemoryStateStore implements StateStore {
   async getKey(vmId: string, keyId: number): Promise<WrappedKeyRecord | undefined> {
     const k = this.keys.get(`${vmId}:${keyId}`);
     return k ? clone(k) : undefined;
+  }
+  async listKeys(vmId: string): Promise<WrappedKeyRecord[]> {
+    return [...this.keys.values()].filter((k) => k.vmId === vmId).sort((a, b) => a.keyId - b.keyId).map(clone);
+  }
+  async rotateKey(vm: VmRecord, key: WrappedKeyRecord, retire: readonly KeyRetirement[]): Promise<string> {
+    // every check before any write, and no await in between: all or nothing, as one transaction
+    if (retire.length > MAX_RETIREMENTS_PER_ROTATION) throw new Error(`At most ${MAX_RETIREMENTS_PER_ROTATION} keys can be retired in one rotation.`);
+    const cur = this.vms.get(vm.vmId);
+    if (!cur) throw new StateStoreError('NOT_FOUND', `VM '${vm.vmId}': not found.`);
+    if (vm.etag !== undefined && cur.etag !== vm.etag) throw new StateStoreError('CONFLICT', `VM '${vm.vmId}': changed meanwhile.`);
+    if (this.keys.has(`${key.vmId}:${key.keyId}`)) throw new StateStoreError('ALREADY_EXISTS', `key ${key.keyId} of VM '${key.vmId}': already exists.`);
+    for (const r of retire) if (!this.keys.has(`${vm.vmId}:${r.keyId}`)) throw new StateStoreError('NOT_FOUND', `key ${r.keyId} of VM '${vm.vmId}': not found.`);
+    const etag = this.nextEtag();
+    this.vms.set(vm.vmId, { ...clone(vm), etag });
+    this.keys.set(`${key.vmId}:${key.keyId}`, clone(key));
+    for (const r of retire) this.keys.get(`${vm.vmId}:${r.keyId}`)!.retiresAt = r.retiresAt;
+    return etag;
   }
   async putVm(vm: VmRecord): Promise<string> {
     const cur = this.vms.get(vm.vmId);

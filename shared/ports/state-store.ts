@@ -10,6 +10,10 @@
  * (the caller re-reads and retries: optimistic concurrency, so concurrent function instances
  * never lose an update). `createVm` writes the VM, its disks and its wrapped key atomically
  * (one transaction) and fails with `ALREADY_EXISTS` if the VM row exists.
+ *
+ * Keys: a VM has one current data key (`VmRecord.keyId`) and the keys it replaced, each stamped
+ * with `retiresAt` (the cut-off after which batches sealed with it are refused). Only wrapped
+ * keys are stored (shared/codec/key-wrap.ts); rows are deleted only with the VM.
  */
 import type { ReplicationPolicy } from '../domain/policy';
 import type { CaptureRecord } from '../domain/recovery-points';
@@ -70,7 +74,21 @@ export interface WrappedKeyRecord {
   /** The data key wrapped by the master key (never the plain key). */
   wrapped: Buffer;
   createdAt: number;
+  /**
+   * ms since epoch: set when a rotation replaced this key; from then on batches sealed with it
+   * are refused (dead-lettered `KeyRetired`). Absent on the current key.
+   */
+  retiresAt?: number;
 }
+
+/** One key's cut-off, set by a rotation. */
+export interface KeyRetirement {
+  keyId: number;
+  retiresAt: number;
+}
+
+/** At most this many retirements per rotation (a Table transaction holds 100 operations). */
+export const MAX_RETIREMENTS_PER_ROTATION = 98;
 
 export type OperationType = 'test-migrate' | 'test-migrate-cleanup' | 'migrate';
 export type OperationStatus = 'running' | 'succeeded' | 'failed';
@@ -110,6 +128,17 @@ export interface StateStore {
   listVms(): Promise<VmWithDisks[]>;
   getDisk(vmId: string, diskId: string): Promise<DiskRecord | undefined>;
   getKey(vmId: string, keyId: number): Promise<WrappedKeyRecord | undefined>;
+  /** Every key of the VM (wrapped), by key id ascending. */
+  listKeys(vmId: string): Promise<WrappedKeyRecord[]>;
+  /**
+   * Key rotation, all or nothing (one transaction in the VM's partition): replaces the VM row
+   * under `vm.etag` (the row carries the new current `keyId`), creates `key`, and stamps each
+   * of `retire` (existing keys of the VM) with its `retiresAt`. Fails with `CONFLICT` when the
+   * VM row changed since it was read, `ALREADY_EXISTS` when `key.keyId` exists (a concurrent
+   * rotation won), `NOT_FOUND` when a key to retire does not exist; in each case nothing is
+   * written. At most MAX_RETIREMENTS_PER_ROTATION retirements. Returns the VM row's new etag.
+   */
+  rotateKey(vm: VmRecord, key: WrappedKeyRecord, retire: readonly KeyRetirement[]): Promise<string>;
   /** Replaces the VM row; with `vm.etag` set, only if unchanged since read. Returns the new etag. */
   putVm(vm: VmRecord): Promise<string>;
   putDisk(disk: DiskRecord): Promise<string>;

@@ -13,6 +13,7 @@ export type ApiErrorCode =
   | 'DISK_NOT_FOUND'
   | 'ALREADY_ENABLED'
   | 'INVALID_TRANSITION'
+  | 'CONCURRENT_ROTATION'
   | 'RECOVERY_POINT_NOT_FOUND'
   | 'NO_RECOVERY_POINT'
   | 'OPERATION_IN_PROGRESS'
@@ -30,6 +31,7 @@ const STATUS: Readonly<Record<ApiErrorCode, number>> = {
   DISK_NOT_FOUND: 404,
   ALREADY_ENABLED: 409,
   INVALID_TRANSITION: 409,
+  CONCURRENT_ROTATION: 409,
   RECOVERY_POINT_NOT_FOUND: 404,
   NO_RECOVERY_POINT: 409,
   OPERATION_IN_PROGRESS: 409,
@@ -84,6 +86,8 @@ export const apiErrors = {
   alreadyEnabled: (vmId: string, state: string) =>
     new ApiError('ALREADY_ENABLED', `Replication of VM '${vmId}' is already enabled (state '${state}'); disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`),
   invalidTransition: (message: string) => new ApiError('INVALID_TRANSITION', message),
+  concurrentRotation: (vmId: string, keyId: number) =>
+    new ApiError('CONCURRENT_ROTATION', `The data key of VM '${vmId}' was rotated by another request meanwhile (current key ${keyId}); its new key was returned to that request only. Rotate again if this appliance needs a key of its own.`),
   recoveryPointNotFound: (vmId: string, id: string) =>
     new ApiError('RECOVERY_POINT_NOT_FOUND', `VM '${vmId}' has no recovery point '${id}' (it may have expired under the retention policy); list them with GET /api/vms/${vmId}/recovery-points, or omit recoveryPointId to use the latest.`),
   noRecoveryPoint: (vmId: string, state: string) =>

@@ -41,6 +41,7 @@ export type DeadLetterReason =
   | 'StagingBlobMissing'
   | 'StagingBlobMismatch'
   | 'UnknownKey'
+  | 'KeyRetired'
   | 'AuthenticationFailed'
   | 'BatchMismatch'
   | 'InvalidBatch'
@@ -60,21 +61,26 @@ export interface ApplyDeps extends ReplicationDeps {
 /** Issues kept on the VM row for its health (newest last). */
 const MAX_RECENT_ISSUES = 10;
 const KEY_CACHE_MAX = 1024;
-/** Unwrapped data keys, per state store (a key id never changes meaning within one store). */
-const keyCaches = new WeakMap<object, Map<string, Buffer>>();
+/**
+ * Unwrapped data keys, per state store (a key id never changes meaning within one store), with
+ * their retirement. A key's `retiresAt` changes only in a rotation, which also raises the VM's
+ * current key id: an entry read while that was `asOfKeyId` holds until it changes.
+ */
+const keyCaches = new WeakMap<object, Map<string, { key: Buffer; retiresAt?: number; asOfKeyId: number }>>();
 
-async function dataKey(deps: ApplyDeps, vmId: string, keyId: number): Promise<Buffer | undefined> {
+async function dataKey(deps: ApplyDeps, vmId: string, keyId: number, currentKeyId: number): Promise<{ key: Buffer; retiresAt?: number } | undefined> {
   let keyCache = keyCaches.get(deps.state);
   if (!keyCache) keyCaches.set(deps.state, (keyCache = new Map()));
   const id = `${vmId}:${keyId}`;
   const hit = keyCache.get(id);
-  if (hit) return hit;
+  if (hit && hit.asOfKeyId === currentKeyId) return hit;
   const stored = await deps.state.getKey(vmId, keyId);
   if (!stored) return undefined;
-  const key = unwrapDataKey(deps.masterKey, stored.wrapped, vmId, keyId);
-  if (keyCache.size >= KEY_CACHE_MAX) keyCache.delete(keyCache.keys().next().value as string);
-  keyCache.set(id, key);
-  return key;
+  const key = hit?.key ?? unwrapDataKey(deps.masterKey, stored.wrapped, vmId, keyId);
+  if (!hit && keyCache.size >= KEY_CACHE_MAX) keyCache.delete(keyCache.keys().next().value as string);
+  const entry = { key, asOfKeyId: currentKeyId, ...(stored.retiresAt !== undefined ? { retiresAt: stored.retiresAt } : {}) };
+  keyCache.set(id, entry);
+  return entry;
 }
 
 function deadLetter(reason: DeadLetterReason, description: string, env?: { vmId: string; diskId: string }): ApplyOutcome {
@@ -284,14 +290,22 @@ async function prepare(deps: ApplyDeps, env: BatchEnvelope, after?: Ready): Prom
     }
   }
 
-  let key: Buffer | undefined;
+  let keyEntry: { key: Buffer; retiresAt?: number } | undefined;
   try {
-    key = await dataKey(deps, vmId, env.keyId);
+    keyEntry = await dataKey(deps, vmId, env.keyId, found.vm.keyId);
   } catch (err) {
     if (isStateStoreError(err)) throw err;
     return deadLetter('UnknownKey', `Batch for ${where}: ${err instanceof Error ? err.message : String(err)}`, env);
   }
-  if (!key) return deadLetter('UnknownKey', `Batch for ${where}: VM '${vmId}' has no data key ${env.keyId}.`, env);
+  if (!keyEntry) return deadLetter('UnknownKey', `Batch for ${where}: VM '${vmId}' has no data key ${env.keyId}.`, env);
+  if (keyEntry.retiresAt !== undefined && deps.now() >= keyEntry.retiresAt) {
+    return deadLetter(
+      'KeyRetired',
+      `Batch for ${where} is sealed with data key ${env.keyId}, retired at ${new Date(keyEntry.retiresAt).toISOString()} (the VM's current key is ${found.vm.keyId}): batches sealed with a retired key are refused after its cut-off. Make the appliance seal with the current key (ferry rotate-key stores it; rotate again if the appliance lost it), then resync the VM (POST /api/vms/${vmId}/resync) to send this batch's changes again.`,
+      env,
+    );
+  }
+  const key = keyEntry.key;
 
   let batch: DecodedBatch;
   let sealedKeyId = env.keyId;

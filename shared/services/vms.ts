@@ -1,5 +1,5 @@
 /**
- * Use cases of the VM resource: enable replication, read, list, disable. HTTP functions call
+ * Use cases of the VM resource: enable replication, read, list, disable, rotate the data key. HTTP functions call
  * these with untrusted input; every input is validated here with zod and every failure is an
  * ApiError with a `{code, message}` the caller can act on.
  */
@@ -9,8 +9,8 @@ import { computeHealth, type HealthReason, type Health } from '../domain/health'
 import { diskSpecSchema, vmIdSchema } from '../domain/ids';
 import { DEFAULT_POLICY, replicationPolicySchema, type ReplicationPolicy } from '../domain/policy';
 import { maintainResync, nextEpoch, type ResyncReason } from '../domain/resync';
-import { initialState, transition, type VmState } from '../domain/state-machine';
-import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
+import { acceptsBatches, initialState, transition, type VmState } from '../domain/state-machine';
+import { isStateStoreError, MAX_RETIREMENTS_PER_ROTATION, type DiskRecord, type KeyRetirement, type VmRecord, type VmWithDisks } from '../ports/state-store';
 import { ApiError, apiErrors } from './api-error';
 import type { ReplicationDeps } from './deps';
 
@@ -233,4 +233,85 @@ export async function updateVmWithRetry(deps: ReplicationDeps, vmId: string, cha
       if (!(isStateStoreError(err) && err.code === 'CONFLICT') || i + 1 >= attempts) throw err;
     }
   }
+}
+
+// ---- key rotation --------------------------------------------------------------------------
+
+/** Default and bounds of the grace during which batches sealed with replaced keys still apply. */
+export const DEFAULT_KEY_GRACE_SECONDS = 24 * 3600;
+export const MAX_KEY_GRACE_SECONDS = 7 * 24 * 3600;
+
+export const rotateKeyRequestSchema = z.strictObject({
+  graceSeconds: z
+    .number()
+    .int('graceSeconds must be a whole number of seconds')
+    .min(0, 'graceSeconds must be at least 0 (0 retires the previous keys at once)')
+    .max(MAX_KEY_GRACE_SECONDS, `graceSeconds must be at most ${MAX_KEY_GRACE_SECONDS} (7 days)`)
+    .optional(),
+});
+
+export interface RotateKeyResult {
+  vmId: string;
+  /** The new current key id: batches sealed from now on carry it. */
+  keyId: number;
+  createdAt: string;
+  graceSeconds: number;
+  /** The replaced keys still accepted, each until its cut-off (ISO-8601). */
+  previousKeys: { keyId: number; retiresAt: string }[];
+  /** base64 of the new 32-byte data key: on this response only. */
+  dataKey: string;
+}
+
+/**
+ * `POST /api/vms/{vmId}/rotate-key`: a new data key (current key id + 1, stored wrapped by the
+ * master key) becomes current; every older key that would outlive the cut-off (now + grace) is
+ * stamped with it, so batches sealed with them apply until then and are dead-lettered
+ * `KeyRetired` afterwards. One transaction guarded by the VM row's ETag: of two rotations at
+ * once exactly one wins; the other gets 409 CONCURRENT_ROTATION. Other writers of the VM row
+ * (health, dead-letter counts) only make it retry.
+ */
+export async function rotateKey(deps: ReplicationDeps, rawVmId: unknown, body: unknown): Promise<RotateKeyResult> {
+  const vmId = parseVmId(rawVmId);
+  const parsed = rotateKeyRequestSchema.safeParse(body === undefined ? {} : body); // a `null` body is a wrong type, not "no body"
+  if (!parsed.success) throw apiErrors.invalidRequest('rotate-key request', parsed.error);
+  const graceSeconds = parsed.data.graceSeconds ?? DEFAULT_KEY_GRACE_SECONDS;
+  return guard(`Rotating the data key of VM '${vmId}'`, async () => {
+    let readKeyId: number | undefined;
+    for (let attempt = 0; ; attempt++) {
+      const found = await deps.state.getVm(vmId);
+      if (!found) throw apiErrors.vmNotFound(vmId);
+      const { vm } = found;
+      if (readKeyId !== undefined && vm.keyId !== readKeyId) throw apiErrors.concurrentRotation(vmId, vm.keyId);
+      readKeyId = vm.keyId;
+      if (!acceptsBatches(vm.state)) {
+        throw apiErrors.invalidTransition(
+          `VM '${vmId}' is in state '${vm.state}' and takes no batches, so its data key cannot be rotated; rotation needs a replicating VM (initial-replication, protected, test-migrating, migrating or resync-required).`,
+        );
+      }
+      const now = deps.now();
+      const cutoff = now + graceSeconds * 1000;
+      const keys = await deps.state.listKeys(vmId);
+      const keyId = Math.max(vm.keyId, ...keys.map((k) => k.keyId)) + 1;
+      const retire: KeyRetirement[] = keys.filter((k) => k.retiresAt === undefined || k.retiresAt > cutoff).map((k) => ({ keyId: k.keyId, retiresAt: cutoff }));
+      if (retire.length > MAX_RETIREMENTS_PER_ROTATION) {
+        // cannot happen in practice: each rotation caps every older key at its own cut-off
+        throw apiErrors.invalidTransition(`VM '${vmId}' has ${retire.length} keys still accepted; rotate with a grace no longer than the last rotation's.`);
+      }
+      const dataKey = deps.randomBytes(32);
+      const wrapped = wrapDataKey(deps.masterKey, dataKey, vmId, keyId, deps.randomBytes);
+      try {
+        await deps.state.rotateKey({ ...vm, keyId, updatedAt: now }, { vmId, keyId, wrapped, createdAt: now }, retire);
+      } catch (err) {
+        if (isStateStoreError(err) && err.code === 'ALREADY_EXISTS') throw apiErrors.concurrentRotation(vmId, keyId);
+        if (isStateStoreError(err) && err.code === 'CONFLICT' && attempt + 1 < 8) continue;
+        throw err;
+      }
+      const cutoffs = new Map(retire.map((r) => [r.keyId, r.retiresAt]));
+      const previousKeys = keys
+        .map((k) => ({ keyId: k.keyId, retiresAt: cutoffs.get(k.keyId) ?? k.retiresAt ?? cutoff }))
+        .filter((k) => k.retiresAt > now)
+        .map((k) => ({ keyId: k.keyId, retiresAt: new Date(k.retiresAt).toISOString() }));
+      return { vmId, keyId, createdAt: new Date(now).toISOString(), graceSeconds, previousKeys, dataKey: dataKey.toString('base64') };
+    }
+  });
 }
