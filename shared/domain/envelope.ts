@@ -94,8 +94,21 @@ export function parseEnvelope(body: unknown): BatchEnvelope {
   }
   const result = batchEnvelopeSchema.safeParse(value);
   if (!result.success) {
-    const issue = result.error.issues[0];
+    let issue = result.error.issues[0];
     const segments = issue === undefined ? [] : issue.path.map(String);
+    // The payload is a union: name the fault inside the form the body attempted (the branch that
+    // does not find unknown keys, then the one with the fewest issues) rather than "Invalid input".
+    const payload = (value as { payload?: unknown } | null)?.payload;
+    if (issue?.code === 'invalid_union' && segments.join('.') === 'payload' && typeof payload === 'object' && payload !== null && !('inline' in payload) && !('blob' in payload)) {
+      throw new WireFormatError('BAD_ENVELOPE', 'payload', `The message body is not a batch envelope v${ENVELOPE_VERSION}: payload must hold "inline" (the sealed batch in base64) or "blob" (a staging blob reference).`);
+    }
+    while (issue?.code === 'invalid_union') {
+      const foreign = (b: readonly { code: string; path: readonly PropertyKey[] }[]): number => (b.some((i) => i.code === 'unrecognized_keys' && i.path.length === 0) ? 1 : 0);
+      const branch = [...issue.errors].sort((a, b) => foreign(a) - foreign(b) || a.length - b.length)[0]?.[0];
+      if (branch === undefined) break;
+      issue = branch;
+      segments.push(...branch.path.map(String));
+    }
     // An unknown field is reported at its parent; name the field itself.
     if (issue?.code === 'unrecognized_keys' && issue.keys[0] !== undefined) segments.push(issue.keys[0]);
     const path = segments.length === 0 ? 'body' : segments.join('.');
