@@ -2,11 +2,11 @@
  * The Ferry cloud API as the appliance uses it (contract: CONTRACT.md, "HTTP API"). Network
  * failures become UNREACHABLE naming the endpoint and how to start the local stack.
  */
-import type { VmView } from '../../shared/services/vms';
+import type { RotateKeyResult, VmView } from '../../shared/services/vms';
 import { ApplianceError } from './errors';
 
 /** The API's own response types: the appliance reads exactly what the functions return. */
-export type { DiskView, VmView } from '../../shared/services/vms';
+export type { DiskView, RotateKeyResult, VmView } from '../../shared/services/vms';
 
 /** One page of `GET /api/vms/{vmId}/disks/{diskId}/hashes`. */
 export interface HashesPage {
@@ -69,6 +69,14 @@ export class CloudApi {
     const r = await this.call<VmView & { dataKey: string }>('POST', `/vms/${encodeURIComponent(vmId)}/enable-replication`, { disks });
     if (r.status === 409) throw new ApplianceError('ALREADY_ENABLED', `VM '${vmId}' is already enabled in the cloud: ${r.body.message ?? ''} Disable it first (POST /api/vms/${vmId}/disable-replication) to enable it again.`.trim());
     if (r.status !== 201) this.fail(`Enabling VM '${vmId}'`, r);
+    return r.body;
+  }
+
+  /** `POST /api/vms/{vmId}/rotate-key`: the new key, handed out on this response only. */
+  async rotateKey(vmId: string, graceSeconds?: number): Promise<RotateKeyResult> {
+    const r = await this.call<RotateKeyResult>('POST', `/vms/${encodeURIComponent(vmId)}/rotate-key`, graceSeconds !== undefined ? { graceSeconds } : {});
+    if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}; run \`ferry enable --vm ${vmId} --disk PATH\`.`);
+    if (r.status !== 201) this.fail(`Rotating the data key of VM '${vmId}'`, r);
     return r.body;
   }
 

@@ -24,7 +24,7 @@ import { ApplianceError, errorMessage } from './errors';
 import type { CloudTransport } from './outbox';
 import { ProcessServer } from './process-server';
 import type { BatchSink } from './sink';
-import { hasVmState, listVmStates, loadVmState, saveVmState, type VmState } from './state';
+import { hasVmState, keyFilePath, listVmStates, loadVmState, saveRotatedKey, saveVmState, type VmState } from './state';
 
 export interface CommonOptions {
   api?: string;
@@ -77,6 +77,39 @@ export async function enable(options: CommonOptions & { vm: string; disks: strin
   };
   saveVmState(options.stateDir, state);
   return { vmId: vm.vmId, keyId: vm.keyId, state: vm.state, disks };
+}
+
+// ---- rotate-key --------------------------------------------------------------------------
+
+export interface RotateKeyCommandResult {
+  vmId: string;
+  keyId: number;
+  /** The replaced keys the cloud still accepts, each until its cut-off (ISO-8601). */
+  previousKeys: { keyId: number; retiresAt: string }[];
+  /** Where the new key was stored (mode 0600); never the key itself. */
+  keyFile: string;
+}
+
+/**
+ * `ferry rotate-key`: asks the cloud for a new data key and stores it in `<vm>/key.json`
+ * (mode 0600). A running `replicate` or `process-server` notices the file and seals every later
+ * batch with the new key id; batches already sealed (the offline cache) keep the old key, which
+ * the cloud accepts until the cut-off (`--grace`, default 24 h).
+ */
+export async function rotateKey(options: CommonOptions & { vm: string; graceSeconds?: number }): Promise<RotateKeyCommandResult> {
+  loadVmState(options.stateDir, options.vm); // NOT_ENABLED before asking the cloud: the key must have a home
+  const r = await cloudApi(options).rotateKey(options.vm, options.graceSeconds);
+  try {
+    saveRotatedKey(options.stateDir, { version: 1, vmId: r.vmId, keyId: r.keyId, dataKey: r.dataKey, rotatedAt: r.createdAt });
+  } catch (err) {
+    const until = r.previousKeys.map((k) => `key ${k.keyId} until ${k.retiresAt}`).join(', ');
+    throw new ApplianceError(
+      'BAD_STATE',
+      `The cloud rotated VM '${options.vm}' to key ${r.keyId}, but it could not be stored in ${keyFilePath(options.stateDir, options.vm)} (${errorMessage(err)}); the appliance keeps sealing with its old key (accepted: ${until || 'none'}). Fix the state directory and run \`ferry rotate-key --vm ${options.vm}\` again.`,
+      { cause: err },
+    );
+  }
+  return { vmId: r.vmId, keyId: r.keyId, previousKeys: r.previousKeys, keyFile: keyFilePath(options.stateDir, options.vm) };
 }
 
 // ---- replicate / agent -------------------------------------------------------------------

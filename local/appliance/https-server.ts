@@ -80,6 +80,16 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
+/**
+ * Whether a presented agent token equals the expected one, in constant time: both are hashed
+ * first, so timingSafeEqual compares equal lengths and the time leaks neither the token nor its
+ * length. An empty token never matches.
+ */
+export function tokenMatches(presented: string, expected: string): boolean {
+  if (!presented || !expected) return false;
+  return timingSafeEqual(digest(presented), digest(expected));
+}
+
 export interface ProcessServerHttpsOptions {
   port?: number;
   host?: string;
@@ -98,8 +108,7 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
     } catch (err) {
       throw new HttpError(404, 'NOT_ENABLED', errorMessage(err));
     }
-    // compare digests: equal lengths, so timingSafeEqual never leaks the token's length
-    if (!token || !timingSafeEqual(digest(token), digest(expected))) {
+    if (!tokenMatches(token, expected)) {
       throw new HttpError(401, 'UNAUTHORIZED', `The agent token for VM '${vmId}' is missing or wrong; use the state written by \`ferry enable\`.`);
     }
   };

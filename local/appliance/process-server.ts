@@ -13,7 +13,7 @@ import { ApplianceError } from './errors';
 import { Outbox, type CloudTransport, type OutboxStats } from './outbox';
 import { SealPool, type Sealed } from './seal-pool';
 import type { BatchSink } from './sink';
-import { dataKeyOf, loadVmState } from './state';
+import { currentKey, keyFileStamp, loadVmState } from './state';
 import { TokenBucket, mbpsToBytesPerSecond } from './token-bucket';
 
 export interface ProcessServerOptions {
@@ -42,7 +42,7 @@ export function checkThreads(threads: number): number {
 
 export class ProcessServer implements BatchSink {
   private readonly outboxes = new Map<string, Outbox>();
-  private readonly keys = new Map<string, { key: Buffer; keyId: number; token: string }>();
+  private readonly keys = new Map<string, { key: Buffer; keyId: number; token: string; stamp: string }>();
   private readonly pool: SealPool;
   private readonly bucket: TokenBucket | undefined;
   readonly cacheDir: string;
@@ -54,12 +54,19 @@ export class ProcessServer implements BatchSink {
     checkThreads(options.threads ?? 4);
   }
 
-  /** The VM's key and agent token from the appliance state (read once, then cached). */
+  /**
+   * The VM's current data key and agent token from the appliance state, cached; the key is read
+   * again whenever `ferry rotate-key` replaces `<vm>/key.json` (one stat per call), so a running
+   * process server seals every batch after a rotation with the new key id, without a restart.
+   */
   vm(vmId: string): { key: Buffer; keyId: number; token: string } {
     let k = this.keys.get(vmId);
-    if (!k) {
+    const stamp = keyFileStamp(this.options.stateDir, vmId);
+    if (!k || k.stamp !== stamp) {
       const state = loadVmState(this.options.stateDir, vmId);
-      k = { key: dataKeyOf(state), keyId: state.keyId, token: state.agentToken };
+      const { key, keyId } = currentKey(this.options.stateDir, state);
+      if (k && k.keyId !== keyId) this.options.log?.info({ vm: vmId, keyId }, `VM ${vmId}: sealing with data key ${keyId} from now on`);
+      k = { key, keyId, token: state.agentToken, stamp };
       this.keys.set(vmId, k);
     }
     return k;

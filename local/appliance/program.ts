@@ -6,7 +6,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../log';
 import { churn } from './churn';
-import { azureTransport, enable, formatStatus, migrate, replicate, runAgent, runOperation, status, verify, type ReplicateResult } from './commands';
+import { azureTransport, enable, formatStatus, migrate, replicate, rotateKey, runAgent, runOperation, status, verify, type ReplicateResult } from './commands';
 import { DEFAULT_API, type OperationType } from './cloud-api';
 import { ApplianceError, errorMessage } from './errors';
 import { DEFAULT_PROCESS_SERVER_PORT, startHttpsProcessServer } from './https-server';
@@ -81,6 +81,21 @@ export function buildProgram(): Command {
   ).action(async (o: Common & { vm: string; disk: string[] }) => {
     const r = await enable({ api: o.api, stateDir: o.stateDir, vm: o.vm, disks: o.disk });
     print(o.json, r, `Enabled ${r.vmId} (key ${r.keyId}, ${r.state}): ${r.disks.map((d) => `${d.diskId}=${d.path} (${d.sizeBytes} bytes)`).join(', ')}`);
+  });
+
+  addCommon(
+    program
+      .command('rotate-key')
+      .description("rotate the VM's data key: the cloud issues a new key (stored in the state directory, mode 0600); a running replicate or process-server seals with it from its next batch")
+      .requiredOption('--vm <id>', 'VM id')
+      .option('--grace <duration>', 'how long the cloud still accepts batches sealed with the previous keys (0s..168h)', '24h')
+      .addHelpText('after', '\nExample:\n  ferry rotate-key --vm web-01 --grace 1h'),
+  ).action(async (o: Common & { vm: string; grace: string }) => {
+    const ms = parseDuration(o.grace, '--grace');
+    if (ms > 7 * 24 * 3600 * 1000 || ms % 1000 !== 0) throw new ApplianceError('BAD_ARGUMENT', `--grace '${o.grace}' must be whole seconds from 0s to 168h.`);
+    const r = await rotateKey({ api: o.api, stateDir: o.stateDir, vm: o.vm, graceSeconds: ms / 1000 });
+    const prev = r.previousKeys.map((k) => `key ${k.keyId} accepted until ${k.retiresAt}`).join('; ');
+    print(o.json, r, `Rotated ${r.vmId} to key ${r.keyId} (stored in ${r.keyFile})${prev ? `; ${prev}` : ''}.`);
   });
 
   addCommon(

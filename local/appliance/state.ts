@@ -4,8 +4,13 @@
  * copy's progress and the change journal's read positions. The next sequence number is not
  * here: the sink that accepted the batches (outbox) is its source of truth, so a crash between
  * handing a batch over and saving this file can neither leave a gap nor reuse a number.
+ *
+ * After `ferry rotate-key`, the new data key is in `<stateDir>/<vmId>/key.json` (mode 0600,
+ * replaced atomically), apart from state.json: a running agent saves state.json from its own
+ * copy and would otherwise write the old key back. The key with the higher key id of the two
+ * files is the current one (currentKey).
  */
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { dataDir } from '../settings';
@@ -38,7 +43,18 @@ const vmStateSchema = z.strictObject({
   disks: z.array(diskStateSchema),
 });
 
+/** `<vm>/key.json`: the newest data key from `ferry rotate-key`. */
+const keyFileSchema = z.strictObject({
+  version: z.literal(1),
+  vmId: z.string(),
+  keyId: z.number().int().positive(),
+  /** base64 of the 32-byte data key returned by rotate-key. */
+  dataKey: z.string(),
+  rotatedAt: z.string(),
+});
+
 export type DiskState = z.infer<typeof diskStateSchema>;
+export type KeyFile = z.infer<typeof keyFileSchema>;
 export type VmState = z.infer<typeof vmStateSchema>;
 
 export function defaultStateDir(): string {
@@ -78,4 +94,39 @@ export function listVmStates(stateDir: string): string[] {
 
 export function dataKeyOf(state: VmState): Buffer {
   return Buffer.from(state.dataKey, 'base64');
+}
+
+export function keyFilePath(stateDir: string, vmId: string): string {
+  return join(vmDir(stateDir, vmId), 'key.json');
+}
+
+/** Writes the key from rotate-key (mode 0600, atomic replace). */
+export function saveRotatedKey(stateDir: string, key: KeyFile): void {
+  writeFileAtomic(keyFilePath(stateDir, key.vmId), JSON.stringify(key, null, 2) + '\n', 0o600);
+}
+
+/** The rotated key, if any. */
+export function loadRotatedKey(stateDir: string, vmId: string): KeyFile | undefined {
+  const file = keyFilePath(stateDir, vmId);
+  if (!existsSync(file)) return undefined;
+  const parsed = keyFileSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+  if (!parsed.success || parsed.data.vmId !== vmId) throw new ApplianceError('BAD_STATE', `${file} is damaged; run \`ferry rotate-key --vm ${vmId}\` to get a new key.`);
+  return parsed.data;
+}
+
+/** The VM's current data key: key.json's when it is newer than the one enable stored. */
+export function currentKey(stateDir: string, state: VmState): { keyId: number; key: Buffer } {
+  const rotated = loadRotatedKey(stateDir, state.vmId);
+  if (rotated && rotated.keyId > state.keyId) return { keyId: rotated.keyId, key: Buffer.from(rotated.dataKey, 'base64') };
+  return { keyId: state.keyId, key: dataKeyOf(state) };
+}
+
+/** Identifies the key file's current version cheaply (changes whenever it is replaced). */
+export function keyFileStamp(stateDir: string, vmId: string): string {
+  try {
+    const st = statSync(keyFilePath(stateDir, vmId));
+    return `${st.ino}:${st.mtimeMs}:${st.size}`;
+  } catch {
+    return 'none';
+  }
 }
