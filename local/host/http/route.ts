@@ -298,11 +298,16 @@ export function comparePrecedence(a: CompiledRoute, b: CompiledRoute): number {
   return a.template.localeCompare(b.template);
 }
 
-function decode(s: string): string | undefined {
+/**
+ * A route value as ASP.NET Core decodes it: a malformed escape (`%zz`, a cut UTF-8 sequence)
+ * is kept as written rather than failing the match, so the function sees it and can answer
+ * 400 naming the parameter (a 404 "no such route" would send the caller looking elsewhere).
+ */
+function decode(s: string): string {
   try {
     return decodeURIComponent(s);
   } catch {
-    return undefined;
+    return s;
   }
 }
 
@@ -325,7 +330,6 @@ export function matchRoute(route: CompiledRoute, path: string): RouteValues | un
     const first = seg[0];
     if (seg.length === 1 && first?.kind === 'param' && first.catchAll) {
       const rest = raw.slice(i).map(decode);
-      if (rest.some((r) => r === undefined)) return undefined;
       const value = rest.join('/');
       if (value === '' && first.defaultValue !== undefined) values[first.name] = first.defaultValue;
       else if (value !== '') {
@@ -343,7 +347,7 @@ export function matchRoute(route: CompiledRoute, path: string): RouteValues | un
     }
     if (seg.length === 1 && first) {
       const value = decode(text);
-      if (value === undefined || value === '') return undefined;
+      if (value === '') return undefined;
       if (first.kind === 'literal') {
         if (value.toLowerCase() !== first.text.toLowerCase()) return undefined;
       } else {
@@ -354,7 +358,6 @@ export function matchRoute(route: CompiledRoute, path: string): RouteValues | un
     }
     // A complex segment: literals anchor, parameters take the text between them.
     const value = decode(text);
-    if (value === undefined) return undefined;
     const params: ParamPart[] = [];
     let re = '^';
     for (const p of seg) {

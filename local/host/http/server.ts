@@ -7,7 +7,7 @@
  * key or the admin (master) key, `admin` level only the admin key.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
-import { Agent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Agent, createServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { RegisteredFunction } from '../core-api';
@@ -87,6 +87,25 @@ export class HttpFrontEnd {
       });
     });
     this.server.keepAliveTimeout = 5_000;
+    // Requests Node refuses before any handler runs (headers or URL too long, malformed
+    // HTTP, a request that timed out) get the same `{code, message}` body as every other
+    // host error instead of Node's bare status line.
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable || err.code === 'ECONNRESET') {
+        socket.destroy();
+        return;
+      }
+      const [status, code, message] =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? [431, 'RequestHeaderFieldsTooLarge', 'The request line and headers exceed 16 KiB; shorten the URL (ids are at most 63 characters) or the headers.']
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? [408, 'RequestTimeout', 'The request was not received in time; send it again.']
+            : [400, 'BadRequest', `The request is not valid HTTP (${err.code ?? 'parse error'}).`];
+      const body = JSON.stringify({ code, message });
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
+    });
   }
 
   listen(port: number, host: string): Promise<number> {
