@@ -12,6 +12,7 @@
  *   a running operation reads. Captures of pending tags newer than the newest complete point
  *   are kept (a slower disk may still complete them); older pending ones expire with age.
  */
+import { z } from 'zod';
 import type { ConsistencyKind } from './wire-format';
 
 export interface CaptureRecord {
@@ -45,6 +46,12 @@ const RP_ID = /^rp-([1-9][0-9]{0,15})$/;
 export function recoveryPointId(tagId: number): string {
   return `rp-${tagId}`;
 }
+
+/** A recovery point id from untrusted input (a body field or a query parameter). */
+export const recoveryPointIdSchema = z
+  .string()
+  .max(64)
+  .refine((id) => parseRecoveryPointId(id) !== undefined, "recoveryPointId must be 'rp-' followed by the point's number (1 to 2^53-1), as GET .../recovery-points lists it");
 
 /** The tag id of `rp-<tagId>`, or undefined when `id` is not a recovery point id. */
 export function parseRecoveryPointId(id: string): number | undefined {

@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { EXTENT_BYTES } from '../domain/extents';
 import { faultPoint } from '../faults';
-import { parseRecoveryPointId, recoveryPointId } from '../domain/recovery-points';
+import { parseRecoveryPointId, recoveryPointId, recoveryPointIdSchema } from '../domain/recovery-points';
 import { transition, type VmEventType } from '../domain/state-machine';
 import { encodeVhdFooter, vhdDataBytes } from '../domain/vhd';
 import { isDiskStoreError, type DiskRef } from '../ports/disk-store';
@@ -36,7 +36,7 @@ export interface OperationDeps extends RecoveryDeps {
 
 export const OPERATION_TYPES: readonly OperationType[] = ['test-migrate', 'test-migrate-cleanup', 'migrate'];
 
-const startSchema = z.strictObject({ recoveryPointId: z.string().max(64).optional() });
+const startSchema = z.strictObject({ recoveryPointId: recoveryPointIdSchema.optional() });
 const cleanupSchema = z.strictObject({});
 
 /** What each operation does to the VM: the event at its start, on success, on failure. */
@@ -161,8 +161,9 @@ function checkStartable(vm: VmRecord, type: OperationType): void {
 export async function getOperation(deps: OperationDeps, rawVmId: unknown, rawOperationId: unknown): Promise<OperationView> {
   const vmId = parseVmId(rawVmId);
   const operationId = typeof rawOperationId === 'string' && /^op-[0-9a-f]{16}$/.test(rawOperationId) ? rawOperationId : undefined;
-  if (!(await deps.state.getVm(vmId))) throw apiErrors.vmNotFound(vmId);
+  // Input first: a malformed id is a 400 whether or not the VM exists.
   if (!operationId) throw new ApiError('INVALID_ID', `operationId must be 'op-' followed by 16 hex digits, as returned by the operation's 202 response.`);
+  if (!(await deps.state.getVm(vmId))) throw apiErrors.vmNotFound(vmId);
   const op = await deps.state.getOperation(vmId, operationId);
   if (!op) throw apiErrors.operationNotFound(vmId, operationId);
   return toOperationView(op);

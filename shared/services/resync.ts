@@ -11,7 +11,7 @@ import { diskIdSchema } from '../domain/ids';
 import { HASH_ALGORITHM, MAX_HASHES_PER_PAGE, hashOfBlockId, type ExtentHash } from '../domain/manifest';
 import { nextEpoch } from '../domain/resync';
 import { EXTENT_BYTES, extentCount } from '../domain/extents';
-import { parseRecoveryPointId, recoveryPointId } from '../domain/recovery-points';
+import { parseRecoveryPointId, recoveryPointId, recoveryPointIdSchema } from '../domain/recovery-points';
 import { transition, type VmState } from '../domain/state-machine';
 import type { CaptureStore } from '../ports/capture-store';
 import { isDiskStoreError } from '../ports/disk-store';
@@ -96,7 +96,7 @@ const wholeNumber = (field: string, max: number) =>
 
 /** Query parameters; `code` is the function key, read by the host. */
 const hashesQuerySchema = z.strictObject({
-  recoveryPointId: z.string().max(64).optional(),
+  recoveryPointId: recoveryPointIdSchema.optional(),
   from: wholeNumber('from', Number.MAX_SAFE_INTEGER).optional(),
   count: wholeNumber('count', MAX_HASHES_PER_PAGE)
     .refine((n) => n >= 1, 'count must be at least 1')
