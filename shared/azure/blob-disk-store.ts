@@ -18,6 +18,7 @@
  */
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { isDomainError } from '../domain/domain-error';
+import { decodeLogEntry, encodeLogEntry, isSparse, logEntryName, logEntrySegment, logPrefix, overlay, type LogPosition } from '../domain/disk-log';
 import {
   EXTENT_BYTES,
   EXTENTS_PER_SEGMENT,
@@ -33,13 +34,25 @@ import {
   type ExtentWrite,
 } from '../domain/extents';
 import type { BatchRecord } from '../domain/wire-format';
-import { DiskStoreError, type ApplyStats, type DiskRef, type DiskStore } from '../ports/disk-store';
+import { DiskStoreError, type ApplyOptions, type ApplyStats, type CompactOptions, type CompactStats, type DiskRef, type DiskStore } from '../ports/disk-store';
 import { faultPoint } from '../faults';
 import { statusOf, runLimited } from './rest';
 
 const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
 const STAGE_CONCURRENCY = 4;
+/** A compaction pass folds at most about this many bytes of log per segment (memory bound). */
+export const COMPACT_PASS_BYTES = 256 * 1024 * 1024;
+/** Reads retry when a compaction folded the log entries they were overlaying meanwhile. */
+const READ_ATTEMPTS = 8;
+
+/** One entry of a disk's delta log (docs/disk-log.md). */
+export interface LogEntryInfo {
+  name: string;
+  segment: number;
+  etag: string;
+  size: number;
+}
 
 function wrap(err: unknown, what: string): DiskStoreError {
   if (err instanceof DiskStoreError) return err;
@@ -69,12 +82,18 @@ export class BlobDiskStore implements DiskStore {
     }
   }
 
-  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats> {
-    return this.applyBatches(disk, sizeBytes, [records]);
+  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[], options?: ApplyOptions): Promise<ApplyStats> {
+    return this.applyBatches(disk, sizeBytes, [records], options);
   }
 
-  async applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[]): Promise<ApplyStats> {
-    const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
+  /**
+   * Writes the batches segment by segment. A segment's writes go to the delta log when they are
+   * sparse (rewriting their extents would upload far more than they write) or when the segment
+   * already has log entries (the log must stay the newest layer); otherwise its extents are
+   * rewritten in place, as initial replication does.
+   */
+  async applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[], options: ApplyOptions = {}): Promise<ApplyStats> {
+    const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0, logBytes: 0, logPendingBytes: 0 };
     let writes: ExtentWrite[];
     try {
       writes = mergeExtentWrites(batches.map((records) => planExtentWrites(records, sizeBytes)));
@@ -88,8 +107,145 @@ export class BlobDiskStore implements DiskStore {
       if (list) list.push(w);
       else bySegment.set(w.segment, [w]);
     }
-    for (const [segment, segmentWrites] of bySegment) await this.applySegment(disk, sizeBytes, segment, segmentWrites, stats);
+    const log = await this.listLog(disk);
+    let pending = log.reduce((n, e) => n + e.size, 0);
+    for (const [segment, segmentWrites] of bySegment) {
+      const segmentLog = log.filter((e) => e.segment === segment);
+      if (options.position && (segmentLog.length > 0 || isSparse(segmentWrites))) {
+        const bytes = await this.appendLog(disk, segment, options.position, segmentWrites);
+        stats.logBytes = (stats.logBytes ?? 0) + bytes;
+        stats.bytesUploaded += bytes;
+        pending += bytes;
+        continue;
+      }
+      if (segmentLog.length > 0) {
+        // No position to order a log entry by: fold the log first, then write the extents.
+        const folded = await this.compactSegment(disk, sizeBytes, segment, segmentLog);
+        pending -= folded.bytesFolded;
+      }
+      await this.applySegment(disk, sizeBytes, segment, segmentWrites, stats);
+    }
+    stats.logPendingBytes = pending;
     return stats;
+  }
+
+  private async appendLog(disk: DiskRef, segment: number, position: LogPosition, writes: readonly ExtentWrite[]): Promise<number> {
+    const name = logEntryName(diskBlobPrefix(disk.vmId, disk.diskId), segment, position);
+    const entry = encodeLogEntry(writes);
+    try {
+      // A redelivered group writes the same name again: its content is that group's, which is
+      // what the sequence about to be recorded says (docs/disk-log.md, "Redelivery").
+      await this.container.getBlockBlobClient(name).uploadData(entry, { blockSize: 8 * 1024 * 1024, concurrency: STAGE_CONCURRENCY });
+    } catch (err) {
+      throw wrap(err, `appending to the log of ${disk.vmId}/${disk.diskId} segment ${segment}`);
+    }
+    faultPoint('disk.log-appended');
+    return entry.length;
+  }
+
+  /** The disk's log entries, oldest first. */
+  async listLog(disk: DiskRef): Promise<LogEntryInfo[]> {
+    const prefix = diskBlobPrefix(disk.vmId, disk.diskId);
+    const out: LogEntryInfo[] = [];
+    try {
+      for await (const item of this.container.listBlobsFlat({ prefix: logPrefix(prefix) })) {
+        const segment = logEntrySegment(prefix, item.name);
+        if (segment === undefined) continue;
+        out.push({ name: item.name, segment, etag: item.properties.etag ?? '', size: item.properties.contentLength ?? 0 });
+      }
+    } catch (err) {
+      if (statusOf(err) === 404) return [];
+      throw wrap(err, `listing the log of ${disk.vmId}/${disk.diskId}`);
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  private async readLogEntry(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo): Promise<ExtentWrite[] | undefined> {
+    let bytes: Buffer;
+    try {
+      bytes = await this.container.getBlockBlobClient(entry.name).downloadToBuffer(0, undefined, { conditions: { ifMatch: entry.etag } });
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 404 || status === 412) return undefined; // folded (or rewritten) meanwhile
+      throw wrap(err, `reading log entry ${entry.name}`);
+    }
+    try {
+      return decodeLogEntry(bytes, sizeBytes);
+    } catch (err) {
+      throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: ${err instanceof Error ? err.message : String(err)}`, false);
+    }
+  }
+
+  /**
+   * Folds log entries into the extents: per segment, the oldest entries up to about
+   * `maxBytes` (all of them with `all`), then deletes them. Concurrent applies only append
+   * newer entries; a concurrent compaction of the same segment makes one commit fail its ETag
+   * and that pass starts again from a fresh listing.
+   */
+  async compact(disk: DiskRef, sizeBytes: number, options: CompactOptions = {}): Promise<CompactStats> {
+    const total: CompactStats = { entriesFolded: 0, bytesFolded: 0, remainingBytes: 0, extentsWritten: 0, segmentsCommitted: 0 };
+    const maxBytes = options.maxBytes ?? COMPACT_PASS_BYTES;
+    for (let pass = 0; ; pass++) {
+      const log = await this.listLog(disk);
+      if (pass === 0 && options.minBytes !== undefined && log.reduce((n, e) => n + e.size, 0) < options.minBytes) {
+        total.remainingBytes = log.reduce((n, e) => n + e.size, 0);
+        return total;
+      }
+      const segments = [...new Set(log.map((e) => e.segment))];
+      if (segments.length === 0) break;
+      for (const segment of segments) {
+        const entries: LogEntryInfo[] = [];
+        let bytes = 0;
+        for (const e of log) {
+          if (e.segment !== segment) continue;
+          if (entries.length > 0 && bytes + e.size > maxBytes) break;
+          entries.push(e);
+          bytes += e.size;
+        }
+        const r = await this.compactSegment(disk, sizeBytes, segment, entries);
+        total.entriesFolded += r.entriesFolded;
+        total.bytesFolded += r.bytesFolded;
+        total.extentsWritten += r.extentsWritten;
+        total.segmentsCommitted += r.segmentsCommitted;
+      }
+      if (!options.all || pass >= 1_000) break;
+    }
+    total.remainingBytes = (await this.listLog(disk)).reduce((n, e) => n + e.size, 0);
+    return total;
+  }
+
+  private async compactSegment(disk: DiskRef, sizeBytes: number, segment: number, entries: readonly LogEntryInfo[]): Promise<CompactStats> {
+    const lists: ExtentWrite[][] = [];
+    for (const e of entries) {
+      const writes = await this.readLogEntry(disk, sizeBytes, e);
+      if (!writes) {
+        throw new DiskStoreError('CONCURRENT_WRITE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${e.name} was folded or rewritten meanwhile; retry.`, true);
+      }
+      lists.push(writes);
+    }
+    const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
+    await this.applySegment(disk, sizeBytes, segment, mergeExtentWrites(lists), stats);
+    faultPoint('disk.log-folded');
+    for (const e of entries) {
+      await this.container.deleteBlob(e.name, { conditions: { ifMatch: e.etag } }).catch((err: unknown) => {
+        const status = statusOf(err);
+        // 404: another compaction deleted it; 412: a redelivery rewrote it, so it stays (folding
+        // it again later is harmless: entries are absolute writes replayed in order).
+        if (status !== 404 && status !== 412) throw wrap(err, `deleting folded log entry ${e.name}`);
+      });
+    }
+    return { entriesFolded: entries.length, bytesFolded: entries.reduce((n, e) => n + e.size, 0), remainingBytes: 0, extentsWritten: stats.extentsWritten, segmentsCommitted: stats.segmentsCommitted };
+  }
+
+  /** Extents of segments `segments` that pending log entries write to (for hash manifests). */
+  async loggedExtents(disk: DiskRef, sizeBytes: number, segments?: ReadonlySet<number>): Promise<Set<number>> {
+    const out = new Set<number>();
+    for (const e of await this.listLog(disk)) {
+      if (segments && !segments.has(e.segment)) continue;
+      const writes = await this.readLogEntry(disk, sizeBytes, e);
+      for (const w of writes ?? []) out.add(w.extentIndex); // a folded entry's extents are in the blocks now
+    }
+    return out;
   }
 
   private async applySegment(disk: DiskRef, sizeBytes: number, segment: number, writes: ExtentWrite[], stats: ApplyStats): Promise<void> {
@@ -170,10 +326,41 @@ export class BlobDiskStore implements DiskStore {
     return composeExtent(w, previous);
   }
 
+  /**
+   * Reads the extents, then overlays the pending log entries of the segments read, in order. A
+   * compaction may fold entries meanwhile (its extents may then already hold newer writes than
+   * an older entry); the listing is checked again afterwards and the read repeated if it changed.
+   */
   async read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || length < 0 || offset + length > sizeBytes) {
       throw new DiskStoreError('OUT_OF_BOUNDS', `Read of ${length} bytes at ${offset} is outside the ${sizeBytes}-byte disk ${disk.vmId}/${disk.diskId}.`, false);
     }
+    const first = Math.floor(offset / SEGMENT_BYTES);
+    const last = Math.floor((offset + Math.max(length, 1) - 1) / SEGMENT_BYTES);
+    for (let attempt = 0; ; attempt++) {
+      const log = (await this.listLog(disk)).filter((e) => e.segment >= first && e.segment <= last);
+      const out = await this.readExtents(disk, sizeBytes, offset, length);
+      if (log.length === 0) return out;
+      let intact = true;
+      for (const e of log) {
+        const writes = await this.readLogEntry(disk, sizeBytes, e);
+        if (!writes) {
+          intact = false;
+          break;
+        }
+        overlay(out, offset, writes);
+      }
+      if (intact) {
+        const now = new Map((await this.listLog(disk)).map((e) => [e.name, e.etag]));
+        if (log.every((e) => now.get(e.name) === e.etag)) return out;
+      }
+      if (attempt + 1 >= READ_ATTEMPTS) {
+        throw new DiskStoreError('CONCURRENT_WRITE', `Reading ${disk.vmId}/${disk.diskId}: its log was compacted during ${READ_ATTEMPTS} attempts in a row; retry.`, true);
+      }
+    }
+  }
+
+  private async readExtents(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer> {
     const out = Buffer.alloc(length);
     let pos = offset;
     while (pos < offset + length) {

@@ -3,17 +3,25 @@
  * Get Block List (committed) per segment, a few in parallel. A segment's committed block list
  * names one content-addressed block per 4 MiB extent, so 256 GiB of disk cost 256 small
  * requests and no disk bytes. A missing segment was never written: zeros.
+ *
+ * Extents with writes still in the disk's delta log (docs/disk-log.md) are the exception: their
+ * blocks are older than the disk, so those extents are read (extents plus log) and hashed.
  */
 import type { ContainerClient } from '@azure/storage-blob';
-import { EXTENTS_PER_SEGMENT, extentRange, segmentBlobName, segmentInfo, zeroBlockId } from '../domain/extents';
+import { EXTENTS_PER_SEGMENT, contentBlockId, extentRange, segmentBlobName, segmentInfo, zeroBlockId } from '../domain/extents';
 import { DiskStoreError, type DiskRef } from '../ports/disk-store';
 import type { ReplicaManifest } from '../ports/replica-manifest';
+import { BlobDiskStore } from './blob-disk-store';
 import { statusOf } from './rest';
 
 const LIST_CONCURRENCY = 8;
 
 export class BlobReplicaManifest implements ReplicaManifest {
-  constructor(private readonly container: ContainerClient) {}
+  private readonly disks: BlobDiskStore;
+
+  constructor(private readonly container: ContainerClient) {
+    this.disks = new BlobDiskStore(container);
+  }
 
   async blockIds(disk: DiskRef, sizeBytes: number, from: number, count: number): Promise<string[]> {
     if (count <= 0) return [];
@@ -22,6 +30,8 @@ export class BlobReplicaManifest implements ReplicaManifest {
     const first = Math.floor(from / EXTENTS_PER_SEGMENT);
     const last = Math.floor((from + count - 1) / EXTENTS_PER_SEGMENT);
     const segments = Array.from({ length: last - first + 1 }, (_, i) => first + i);
+    // The log first: a compaction between the two reads then leaves newer blocks, never stale ones.
+    const logged = await this.disks.loggedExtents(disk, sizeBytes, new Set(segments));
     let next = 0;
     const worker = async () => {
       while (next < segments.length) {
@@ -35,6 +45,11 @@ export class BlobReplicaManifest implements ReplicaManifest {
       }
     };
     await Promise.all(Array.from({ length: Math.min(LIST_CONCURRENCY, segments.length) }, worker));
+    for (const index of logged) {
+      if (index < from || index >= from + count) continue;
+      const range = extentRange(index, sizeBytes);
+      out[index - from] = contentBlockId(await this.disks.read(disk, sizeBytes, range.offset, range.length));
+    }
     return out;
   }
 

@@ -12,6 +12,7 @@ import type { OperationDeps } from '../services/operations';
 import { BlobCaptureStore } from './blob-capture-store';
 import { BlobDiskStore } from './blob-disk-store';
 import { BlobVhdStore } from './blob-vhd-store';
+import { ServiceBusCompactionQueue } from './service-bus-compaction-queue';
 import { ServiceBusOperationQueue } from './service-bus-operation-queue';
 import { BlobStagingStore } from './blob-staging-store';
 import { TableStateStore } from './table-state-store';
@@ -73,6 +74,8 @@ export function applyDeps(): ApplyDeps & { captures: BlobCaptureStore } {
     disks: new BlobDiskStore(blobs.getContainerClient(DISKS_CONTAINER)),
     captures: new BlobCaptureStore(blobs.getContainerClient(DISKS_CONTAINER)),
     masterKey: masterKeyFromEnv(),
+    // Background compaction of delta logs; without Service Bus, captures still fold the logs.
+    ...(process.env.ServiceBusConnection ? { compactions: new ServiceBusCompactionQueue(process.env.ServiceBusConnection) } : {}),
     now: () => Date.now(),
     randomBytes: (n) => randomBytes(n),
   };

@@ -15,6 +15,7 @@
  * - Errors: `DiskStoreError` with a `code` and `retryable`; anything the storage service
  *   throws that is not understood is wrapped as retryable `STORAGE_UNAVAILABLE`.
  */
+import type { LogPosition } from '../domain/disk-log';
 import type { BatchRecord } from '../domain/wire-format';
 
 export interface DiskRef {
@@ -35,18 +36,56 @@ export interface ApplyStats {
   segmentsCommitted: number;
   /** Batches written together in this write (applyBatches), when more than one. */
   groupedBatches?: number;
+  /** Bytes appended to the disk's delta log instead of rewriting extents (docs/disk-log.md). */
+  logBytes?: number;
+  /** Bytes in the disk's delta log after this write, waiting for compaction. */
+  logPendingBytes?: number;
+}
+
+export interface ApplyOptions {
+  /**
+   * The position (epoch, sequence of the last batch) of what is being written. A store with a
+   * delta log (docs/disk-log.md) needs it to order log entries; without it, it writes extents.
+   */
+  position?: LogPosition;
+}
+
+export interface CompactOptions {
+  /** Per pass and segment, fold at most about this many bytes of the oldest entries. */
+  maxBytes?: number;
+  /** Repeat passes until the log is empty (before a recovery-point capture). */
+  all?: boolean;
+  /** Do nothing unless the log holds at least this many bytes (a duplicate request). */
+  minBytes?: number;
+}
+
+export interface CompactStats {
+  entriesFolded: number;
+  bytesFolded: number;
+  /** Bytes still in the log after this compaction. */
+  remainingBytes: number;
+  extentsWritten: number;
+  segmentsCommitted: number;
 }
 
 export interface DiskStore {
   /** Makes the disk exist as all zeros; idempotent (an existing disk is left as it is). */
   create(disk: DiskRef, sizeBytes: number): Promise<void>;
-  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[]): Promise<ApplyStats>;
+  apply(disk: DiskRef, sizeBytes: number, records: readonly BatchRecord[], options?: ApplyOptions): Promise<ApplyStats>;
   /**
    * Applies several batches' records, in order, as one write: the same content as applying them
    * one after another, but each extent is read and rewritten once (random writes spread over
    * consecutive batches cost one rewrite per extent, not one per batch). Same idempotence.
    */
-  applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[]): Promise<ApplyStats>;
+  applyBatches(disk: DiskRef, sizeBytes: number, batches: readonly (readonly BatchRecord[])[], options?: ApplyOptions): Promise<ApplyStats>;
+  /**
+   * Folds the disk's delta log (if the store keeps one) into its extents: at most about
+   * `maxBytes` of the oldest entries per segment, or all of it when `all` is set (CompactOptions). Reads are the
+   * same before and after; what changes is where the bytes live. Safe to run beside applies and
+   * beside another compaction of the same disk (writes are ETag-guarded; a loser retries).
+   * A store without a log has nothing to do.
+   */
+  compact?(disk: DiskRef, sizeBytes: number, options?: CompactOptions): Promise<CompactStats>;
   /** Reads `length` bytes at `offset` (both inside the disk). */
   read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer>;
   /** Removes the disk and everything stored for it; idempotent. */

@@ -27,7 +27,8 @@ import type { CaptureStore } from '../ports/capture-store';
 import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
 import { isStagingTooLargeError, type StagingStore } from '../ports/staging-store';
 import type { ReplicationDeps } from './deps';
-import { faultPoint } from '../faults';
+import { faultPoint, journalApplied } from '../faults';
+import { COMPACT_TRIGGER_BYTES, type CompactionQueue } from '../ports/compaction-queue';
 import { captureAtTag } from './recovery-points';
 import { updateVmWithRetry } from './vms';
 
@@ -56,6 +57,8 @@ export interface ApplyDeps extends ReplicationDeps {
   staging: StagingStore;
   /** Recovery points at consistency tags (services/recovery-points.ts); absent: tags are ignored. */
   captures?: CaptureStore;
+  /** Where to ask for a disk's delta log to be compacted (docs/disk-log.md); absent: only tags compact. */
+  compactions?: CompactionQueue;
 }
 
 /** Issues kept on the VM row for its health (newest last). */
@@ -210,7 +213,12 @@ async function commitGroup(deps: ApplyDeps, group: Ready[]): Promise<ApplyOutcom
   faultPoint('apply.batch-opened');
   let stats: ApplyStats;
   try {
-    stats = await deps.disks.applyBatches({ vmId, diskId }, first.disk.sizeBytes, group.map((g) => g.batch.records));
+    stats = await deps.disks.applyBatches(
+      { vmId, diskId },
+      first.disk.sizeBytes,
+      group.map((g) => g.batch.records),
+      { position: { epoch: last.env.epoch, sequence: last.env.seq } },
+    );
   } catch (err) {
     if (!(isDiskStoreError(err) && !err.retryable)) throw err;
     // Cannot happen for batches openBatch accepted for this disk's size; apply one by one to name the culprit.
@@ -220,10 +228,13 @@ async function commitGroup(deps: ApplyDeps, group: Ready[]): Promise<ApplyOutcom
   }
   faultPoint('apply.disk-written');
   if (last.batch.header.consistency && deps.captures) {
+    await foldLogForCapture(deps, { vmId, diskId }, first.disk.sizeBytes);
     await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, first.disk, last.batch.header);
     faultPoint('apply.captured');
   }
   const vmState = await recordApplied(deps, first.found.vm, first.disk, last.batch);
+  await requestCompaction(deps, { vmId, diskId }, stats);
+  journalApplied(vmId, diskId, last.env.epoch, first.env.seq, last.env.seq);
   faultPoint('apply.recorded');
   for (const g of group) await deleteStaged(deps, g.env);
   faultPoint('apply.done');
@@ -356,7 +367,7 @@ async function commit(deps: ApplyDeps, ready: Ready): Promise<ApplyOutcome> {
   faultPoint('apply.batch-opened');
   let stats: ApplyStats;
   try {
-    stats = await deps.disks.apply({ vmId, diskId }, disk.sizeBytes, batch.records);
+    stats = await deps.disks.apply({ vmId, diskId }, disk.sizeBytes, batch.records, { position: { epoch: env.epoch, sequence: env.seq } });
   } catch (err) {
     if (isDiskStoreError(err) && !err.retryable) return deadLetter('InvalidBatch', `Batch for ${where}: ${err.message}`, env);
     throw err;
@@ -366,14 +377,35 @@ async function commit(deps: ApplyDeps, ready: Ready): Promise<ApplyOutcome> {
   if (batch.header.consistency && deps.captures) {
     // The disk is now exactly as of this tagged batch, and no later batch of this disk can be
     // applied before its sequence is recorded below: capture it here.
+    await foldLogForCapture(deps, { vmId, diskId }, disk.sizeBytes);
     await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, disk, batch.header);
     faultPoint('apply.captured');
   }
   const vmState = await recordApplied(deps, found.vm, disk, batch);
+  await requestCompaction(deps, { vmId, diskId }, stats);
+  journalApplied(vmId, diskId, env.epoch, env.seq, env.seq);
   faultPoint('apply.recorded');
   await deleteStaged(deps, env);
   faultPoint('apply.done');
   return { kind: 'applied', vmId, diskId, epoch: env.epoch, sequence: env.seq, stats, ...(vmState ? { vmState } : {}) };
+}
+
+/**
+ * A capture snapshots the extents, so the delta log is folded into them first (docs/disk-log.md,
+ * "Recovery points"): the recovery point then holds every write up to the tag.
+ */
+async function foldLogForCapture(deps: ApplyDeps, disk: { vmId: string; diskId: string }, sizeBytes: number): Promise<void> {
+  await deps.disks.compact?.(disk, sizeBytes, { all: true });
+}
+
+/** Asks for a background compaction once the disk's log is large; a failure to ask only delays it. */
+async function requestCompaction(deps: ApplyDeps, disk: { vmId: string; diskId: string }, stats: ApplyStats): Promise<void> {
+  if (!deps.compactions || (stats.logPendingBytes ?? 0) < COMPACT_TRIGGER_BYTES) return;
+  try {
+    await deps.compactions.request(disk);
+  } catch {
+    // The next apply of this disk asks again; reads and captures are correct with any log size.
+  }
 }
 
 /** Records the applied sequence on the disk row (ETag-guarded); moves the VM to protected when every disk's initial pass is done. */
