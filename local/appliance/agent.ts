@@ -371,6 +371,10 @@ export class MobilityAgent {
           }
         }
         for (let b = from; b < to; b += FP_BLOCK_BYTES) {
+          // Only the journal's sectors were sent. A block never replicated whole (the initial copy
+          // or a resync has not reached it) keeps its unknown fingerprint, so the scan still sends
+          // all of it; refreshing it here would make the scan skip the rest of the block.
+          if (r.fp.get(b / FP_BLOCK_BYTES) === UNKNOWN_FP) continue;
           const blen = Math.min(FP_BLOCK_BYTES, size - b);
           const block = buf.subarray(b - from, b - from + blen);
           r.fp.set(b / FP_BLOCK_BYTES, block.equals(ZERO_EXTENT.subarray(0, blen)) ? zeroFingerprint(blen) : fingerprint(block));

@@ -12,6 +12,7 @@ import type { PlainBatch } from '../../../local/appliance/batching';
 import type { OutboxStats } from '../../../local/appliance/outbox';
 import type { BatchSink } from '../../../local/appliance/sink';
 import { loadVmState, saveVmState } from '../../../local/appliance/state';
+import { TrackedDisk } from '../../../local/appliance/tracked-disk';
 import { rng } from '../../support/batches';
 
 const MiB = 1024 * 1024;
@@ -149,5 +150,27 @@ describe('MobilityAgent', () => {
     expect(r.disks[0]!.scannedBytes).toBe(img.length - covered);
     expect(sink.models.get('disk0')!.equals(img)).toBe(true);
     expect(loadVmState(stateDir, 'vm2').disks[0]!.initialComplete).toBe(true);
+  });
+  it('TrackedDisk writes made before the initial copy reaches their blocks: the copy still sends those blocks whole', async () => {
+    // Found by the fault suite: the journal path refreshed the fingerprint of each 64 KiB block
+    // it touched, so the initial scan skipped the rest of those blocks, which never reached the cloud.
+    const stateDir = join(dir, 's-journal-before-copy');
+    const path = join(dir, 'jb.img');
+    const img = diskImage(path, 8 * MiB, 9);
+    img.fill(0x5a, 0, 4 * MiB); // data in every block of the first extent
+    writeFileSync(path, img);
+    enableLocally(stateDir, 'vmj', [{ path, size: img.length }]);
+    const disk = TrackedDisk.open(path, stateDir);
+    for (const off of [4096, 300 * 1024, 6 * MiB + 8192]) {
+      const data = Buffer.alloc(4096, 0xc3);
+      disk.write(off, data);
+      data.copy(img, off);
+    }
+    disk.close();
+    const sink = new ModelSink();
+    const agent = new MobilityAgent(stateDir, 'vmj', sink);
+    await agent.pass({ tag: 'crash-consistent' });
+    agent.close();
+    expect(sink.models.get('disk0')!.equals(img)).toBe(true);
   });
 });
