@@ -268,6 +268,7 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
 export interface ReplicateOptions extends RunOptions, ConnectionOptions {
   threads?: number;
   limitMbps?: number;
+  limitSchedule?: string;
   cacheDir?: string;
   cacheMaxBytes?: number;
   sealWorkers?: number;
@@ -284,6 +285,7 @@ export async function replicate(options: ReplicateOptions): Promise<ReplicateRes
     log,
     ...(options.threads !== undefined ? { threads: options.threads } : {}),
     ...(options.limitMbps !== undefined ? { limitMbps: options.limitMbps } : {}),
+    ...(options.limitSchedule !== undefined ? { limitSchedule: options.limitSchedule } : {}),
     ...(options.cacheDir !== undefined ? { cacheDir: options.cacheDir } : {}),
     ...(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {}),
     ...(options.sealWorkers !== undefined ? { sealWorkers: options.sealWorkers } : {}),

@@ -29,7 +29,7 @@ import { STAGING_CONTAINER } from '../../shared/domain/envelope';
 import type { Logger } from '../log';
 import { errorMessage } from './errors';
 import { writeFileAtomic } from './files';
-import type { TokenBucket } from './token-bucket';
+import type { Throttle } from './token-bucket';
 
 /** Where sealed batches go: Storage for staged payloads, Service Bus for the messages. */
 export interface CloudTransport {
@@ -79,7 +79,7 @@ export interface OutboxOptions {
   makeMarker?: (diskId: string, epoch: number, seq: number) => Buffer;
   maxBytes: number;
   memoryBudgetBytes?: number;
-  bucket?: TokenBucket;
+  bucket?: Throttle;
   log?: Logger;
 }
 

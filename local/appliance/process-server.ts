@@ -14,7 +14,8 @@ import { Outbox, type CloudTransport, type OutboxStats } from './outbox';
 import { SealPool, type Sealed } from './seal-pool';
 import type { BatchSink } from './sink';
 import { currentKey, keyFileStamp, loadVmState } from './state';
-import { TokenBucket, mbpsToBytesPerSecond } from './token-bucket';
+import { ScheduleError, parseSchedule } from './bandwidth-schedule';
+import { ScheduledThrottle, TokenBucket, mbpsToBytesPerSecond, type Throttle } from './token-bucket';
 
 export interface ProcessServerOptions {
   stateDir: string;
@@ -23,6 +24,8 @@ export interface ProcessServerOptions {
   /** Parallel uploads per VM, 1..32; default 4. */
   threads?: number;
   limitMbps?: number;
+  /** `--limit-schedule`: caps by day and hour (bandwidth-schedule.ts); outside its rules, limitMbps. */
+  limitSchedule?: string;
   /** Default 10 GiB. */
   cacheMaxBytes?: number;
   /** Seal worker threads; default one per core; 0 seals on the main thread. */
@@ -32,6 +35,23 @@ export interface ProcessServerOptions {
 }
 
 export const MAX_THREADS = 32;
+
+/** The upload throttle: a schedule of caps, a fixed cap, or none. */
+export function throttleFor(options: Pick<ProcessServerOptions, 'limitMbps' | 'limitSchedule' | 'log'>): Throttle | undefined {
+  if (options.limitSchedule !== undefined) {
+    let rules;
+    try {
+      rules = parseSchedule(options.limitSchedule);
+    } catch (err) {
+      if (err instanceof ScheduleError) throw new ApplianceError('BAD_ARGUMENT', `--limit-schedule: ${err.message}`);
+      throw err;
+    }
+    return new ScheduledThrottle(rules, options.limitMbps, {
+      onChange: (mbps, rule) => options.log?.info({ limitMbps: mbps, rule: rule ?? '--limit-mbps' }, mbps === null ? 'upload bandwidth: no cap' : `upload bandwidth cap: ${mbps} Mbps`),
+    });
+  }
+  return options.limitMbps ? new TokenBucket(mbpsToBytesPerSecond(options.limitMbps)) : undefined;
+}
 
 export function checkThreads(threads: number): number {
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
@@ -44,13 +64,13 @@ export class ProcessServer implements BatchSink {
   private readonly outboxes = new Map<string, Outbox>();
   private readonly keys = new Map<string, { key: Buffer; keyId: number; token: string; stamp: string }>();
   private readonly pool: SealPool;
-  private readonly bucket: TokenBucket | undefined;
+  private readonly bucket: Throttle | undefined;
   readonly cacheDir: string;
 
   constructor(private readonly options: ProcessServerOptions) {
     this.pool = new SealPool(options.sealWorkers);
     this.cacheDir = options.cacheDir ?? join(options.stateDir, 'cache');
-    this.bucket = options.limitMbps ? new TokenBucket(mbpsToBytesPerSecond(options.limitMbps)) : undefined;
+    this.bucket = throttleFor(options);
     checkThreads(options.threads ?? 4);
   }
 

@@ -106,6 +106,7 @@ export function buildProgram(): Command {
       .option('--once', 'one pass ending with a crash-consistent tag; exit 0 when the cloud has applied it')
       .option('--threads <n>', 'parallel uploads per VM (1..32)', intArg('--threads', 1, 32), 4)
       .option('--limit-mbps <x>', 'cap upload bandwidth (megabits per second)', numArg('--limit-mbps'))
+      .option('--limit-schedule <rules>', 'caps by day and hour, first match wins, e.g. "Mon-Fri 08:00-18:00=50; *=500" (outside its rules: --limit-mbps)')
       .option('--interval <duration>', 'time between delta passes', '5s')
       .option('--tag-interval <duration>', 'crash-consistent tag cadence', '5m')
       .option('--rescan-interval <duration>', 'full fingerprint rescan cadence (finds changes not made through TrackedDisk)', '10m')
@@ -113,8 +114,8 @@ export function buildProgram(): Command {
       .option('--pre-tag-hook <command>', 'shell command run before each app-consistent tag (e.g. fsfreeze)')
       .option('--cache-dir <dir>', 'offline cache (default <state-dir>/cache)')
       .option('--cache-max-gb <n>', 'bound of the offline cache; the agent pauses when it is full', numArg('--cache-max-gb'), 10)
-      .addHelpText('after', '\nExamples:\n  ferry replicate --vm web-01 --once\n  ferry replicate --vm web-01 --threads 8 --limit-mbps 200'),
-  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; interval: string; tagInterval: string; rescanInterval: string; appTagInterval?: string; preTagHook?: string; cacheDir?: string; cacheMaxGb: number }) => {
+      .addHelpText('after', '\nExamples:\n  ferry replicate --vm web-01 --once\n  ferry replicate --vm web-01 --threads 8 --limit-mbps 200\n  ferry replicate --vm web-01 --limit-schedule "Mon-Fri 08:00-18:00=50; *=unlimited"'),
+  ).action(async (o: Common & { vm: string; once?: boolean; threads: number; limitMbps?: number; limitSchedule?: string; interval: string; tagInterval: string; rescanInterval: string; appTagInterval?: string; preTagHook?: string; cacheDir?: string; cacheMaxGb: number }) => {
     const view = progressView({ json: !!o.json, tty: !!process.stdout.isTTY });
     try {
       const r = await replicate({
@@ -124,6 +125,7 @@ export function buildProgram(): Command {
         once: !!o.once,
         threads: o.threads,
         ...(o.limitMbps !== undefined ? { limitMbps: o.limitMbps } : {}),
+        ...(o.limitSchedule !== undefined ? { limitSchedule: o.limitSchedule } : {}),
         ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
         cacheMaxBytes: o.cacheMaxGb * 1024 ** 3,
         intervalMs: parseDuration(o.interval, '--interval'),
@@ -150,10 +152,11 @@ export function buildProgram(): Command {
     .option('--state-dir <dir>', 'appliance state directory (VM keys and agent tokens)', defaultStateDir())
     .option('--threads <n>', 'parallel uploads per VM (1..32)', intArg('--threads', 1, 32), 4)
     .option('--limit-mbps <x>', 'cap upload bandwidth (megabits per second)', numArg('--limit-mbps'))
+    .option('--limit-schedule <rules>', 'caps by day and hour, first match wins, e.g. "Mon-Fri 08:00-18:00=50; *=500" (outside its rules: --limit-mbps)')
     .option('--cache-dir <dir>', 'offline cache (default <state-dir>/cache)')
     .option('--cache-max-gb <n>', 'bound of the offline cache', numArg('--cache-max-gb'), 10)
     .addHelpText('after', '\nExample:\n  ferry process-server --port 9443 --threads 8')
-    .action(async (o: { port: number; host: string; stateDir: string; threads: number; limitMbps?: number; cacheDir?: string; cacheMaxGb: number }) => {
+    .action(async (o: { port: number; host: string; stateDir: string; threads: number; limitMbps?: number; limitSchedule?: string; cacheDir?: string; cacheMaxGb: number }) => {
       const log = createLogger('process-server');
       const server = new ProcessServer({
         stateDir: o.stateDir,
@@ -162,6 +165,7 @@ export function buildProgram(): Command {
         log,
         cacheMaxBytes: o.cacheMaxGb * 1024 ** 3,
         ...(o.limitMbps !== undefined ? { limitMbps: o.limitMbps } : {}),
+        ...(o.limitSchedule !== undefined ? { limitSchedule: o.limitSchedule } : {}),
         ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
       });
       server.resumeCached(listVmStates(o.stateDir));
