@@ -10,6 +10,7 @@
  * instead of being refused with quota-exceeded as real Service Bus does; memory stays bounded by
  * the windows.
  */
+import { hostname, networkInterfaces } from 'node:os';
 import type { AddressInfo, Server } from 'node:net';
 import type * as rhea from 'rhea';
 import { rhea as amqp } from './rhea';
@@ -23,7 +24,7 @@ import { BrokerError, errorCondition, isBrokerError } from './errors';
 import { handleManagementRequest } from './management';
 import { RAW_FORMAT, completeDrain, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
 import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions } from './queue';
-import { audienceCovers, verifySasToken, type SharedAccessKey } from './sas';
+import { audienceCovers, audienceParts, verifySasToken, type SharedAccessKey } from './sas';
 import type { MessageStore } from './store';
 
 /** Link credit granted to a sender link: bounds the bytes in flight per link. */
@@ -106,6 +107,8 @@ export class Broker {
   private seq = 0;
   host = '127.0.0.1';
   port = 0;
+  /** Host names a token audience may carry (isOwnHost), computed once. */
+  private ownHosts: Set<string> | undefined;
 
   constructor(private readonly options: BrokerOptions) {
     const log = options.logger;
@@ -300,6 +303,20 @@ export class Broker {
     const now = Date.now();
     for (const [aud, exp] of s.tokens) if (exp > now && audienceCovers(aud, path)) return;
     throw BrokerError.unauthorized(`No valid token for '${path}': send a CBS put-token with a SAS token for it first.`);
+  }
+
+  /**
+   * Whether a token audience's host names this emulator: its listen address, a loopback name,
+   * this machine's name or one of its addresses, or the config's namespace (bare or as
+   * `<namespace>.servicebus.windows.net`). Clients reach it by any of these.
+   */
+  private isOwnHost(host: string): boolean {
+    if (this.ownHosts === undefined) {
+      const ns = this.options.config.namespace.toLowerCase();
+      const addresses = Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((a) => a.address.toLowerCase()));
+      this.ownHosts = new Set([this.host.toLowerCase(), 'localhost', '::1', hostname().toLowerCase(), ns, `${ns}.servicebus.windows.net`, ...addresses]);
+    }
+    return this.ownHosts.has(host) || /^127\.\d+\.\d+\.\d+$/.test(host) || (this.host === '0.0.0.0' && host === '0.0.0.0');
   }
 
   private qualified(path: string): string {
@@ -526,9 +543,19 @@ export class Broker {
         status = 401;
         description = check.reason;
       } else {
-        const audience = String(props.name ?? check.token.audience);
-        const path = audience.replace(/^[a-z]+:\/\/[^/]*/i, '').replace(/^\/+|\/+$/g, '').toLowerCase();
-        this.state(conn).tokens.set(path, check.token.expiry * 1000);
+        // The grant is what the client asks for (`name`), but only where the signed audience
+        // covers it: a token signed for one entity, or for another namespace, grants nothing here.
+        const signed = audienceParts(check.token.audience);
+        const requested = audienceParts(String(props.name ?? check.token.audience));
+        if (!this.isOwnHost(signed.host)) {
+          status = 401;
+          description = `The token is for namespace '${signed.host}', not this one (${this.host}:${this.port}); sign a token for this namespace.`;
+        } else if (!audienceCovers(check.token.audience, requested.path)) {
+          status = 401;
+          description = `The token is scoped to '${signed.path === '' ? '/' : signed.path}' and does not grant '${requested.path}'; sign a token for that entity or for the namespace.`;
+        } else {
+          this.state(conn).tokens.set(requested.path, check.token.expiry * 1000);
+        }
       }
     }
     if (status !== 200) this.options.logger.info({ status }, `CBS put-token refused: ${description}`);

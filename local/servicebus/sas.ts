@@ -78,6 +78,14 @@ export function verifySasToken(text: string, keys: readonly SharedAccessKey[], n
   return { ok: true, token };
 }
 
+/** The host (lower case, no port or brackets) and entity path of an audience `sb://host[:port]/path`. */
+export function audienceParts(audience: string): { host: string; path: string } {
+  const m = /^[a-z]+:\/\/([^/]*)(.*)$/i.exec(audience);
+  const authority = (m?.[1] ?? '').toLowerCase();
+  const host = authority.startsWith('[') ? authority.slice(1, authority.indexOf(']')) : authority.replace(/:\d*$/, '');
+  return { host, path: (m ? m[2]! : audience).replace(/^\/+|\/+$/g, '').toLowerCase() };
+}
+
 /**
  * Whether a token for `audience` grants access to `entityPath`: the audience names the entity,
  * a parent path, or the namespace root (Service Bus accepts any token scoped at or above it).
