@@ -18,9 +18,10 @@ import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { isValidId } from '../../shared/domain/ids';
-import { MAX_RECORD_STREAM_BYTES } from '../../shared/domain/wire-format';
+import { MAX_RECORDS } from '../../shared/domain/wire-format';
+import { z } from 'zod';
 import type { Logger } from '../log';
-import type { BatchMeta, RecordDesc } from './batching';
+import { BATCH_DATA_BYTES, dataBytesOf, type BatchMeta, type RecordDesc } from './batching';
 import { errorMessage, isApplianceError } from './errors';
 import { writeFileAtomic } from './files';
 import type { ProcessServer } from './process-server';
@@ -67,15 +68,78 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req) {
-    total += (chunk as Buffer).length;
-    if (total > max) throw new HttpError(413, 'TOO_LARGE', `The request body exceeds ${max} bytes.`);
-    chunks.push(chunk as Buffer);
+/**
+ * The largest batch upload: the u32 head length, a head of at most MAX_BATCH_HEAD_BYTES (the
+ * record descriptors), and at most BATCH_DATA_BYTES of data, which is what an agent sends.
+ * Anything larger is refused before it is buffered.
+ */
+export const MAX_BATCH_HEAD_BYTES = 8 * 1024 * 1024;
+export const MAX_BATCH_BODY_BYTES = 4 + MAX_BATCH_HEAD_BYTES + BATCH_DATA_BYTES;
+
+const tooLarge = (max: number) => new HttpError(413, 'TOO_LARGE', `The request body exceeds ${max} bytes, the most a batch upload takes; send batches of at most ${BATCH_DATA_BYTES} data bytes.`);
+
+/**
+ * The body, at most `max` bytes. Beyond that it is refused without keeping what arrived: the
+ * rest is read and discarded (not buffered) until the 413 has gone out and the connection closes.
+ */
+function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > max) return Promise.reject(tooLarge(max));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const onData = (chunk: Buffer): void => {
+      total += chunk.length;
+      if (total <= max) {
+        chunks.push(chunk);
+        return;
+      }
+      chunks.length = 0;
+      req.off('data', onData);
+      req.resume();
+      reject(tooLarge(max));
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve(Buffer.concat(chunks, total)));
+    req.once('error', reject);
+  });
+}
+
+const recordSchema = z.strictObject({
+  kind: z.enum(['data', 'zero']),
+  offset: z.number().int().nonnegative(),
+  length: z.number().int().nonnegative(),
+});
+
+/** The head of a batch upload; the wire format checks the meta's fields when sealing. */
+const batchHeadSchema = z.strictObject({
+  meta: z.looseObject({ vmId: z.string(), diskId: z.string(), epoch: z.number().int().positive(), sequence: z.number().int().positive() }),
+  records: z.array(recordSchema).max(MAX_RECORDS),
+});
+
+function parseBatchHead(bytes: Buffer, dataBytes: number): { meta: BatchMeta; records: RecordDesc[] } {
+  let json: unknown;
+  try {
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch (err) {
+    throw new HttpError(400, 'BAD_BATCH', `The batch head is not JSON (${errorMessage(err)}).`);
   }
-  return Buffer.concat(chunks, total);
+  const parsed = batchHeadSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new HttpError(400, 'BAD_BATCH', `The batch head is invalid: ${issue ? `${issue.path.join('.') || '(head)'}: ${issue.message}` : 'unknown'}.`);
+  }
+  const head = parsed.data as unknown as { meta: BatchMeta; records: RecordDesc[] };
+  const described = dataBytesOf(head.records);
+  if (described !== dataBytes) throw new HttpError(400, 'BAD_BATCH', `The batch's data records describe ${described} bytes but ${dataBytes} were sent.`);
+  return head;
+}
+
+export interface ProcessServerTimeouts {
+  /** The request line and headers must arrive within this (default 30 s). */
+  headersTimeoutMs?: number;
+  /** The whole request, body included, must arrive within this (default 5 min). */
+  requestTimeoutMs?: number;
 }
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -95,6 +159,7 @@ export interface ProcessServerHttpsOptions {
   host?: string;
   certDir: string;
   log?: Logger;
+  timeouts?: ProcessServerTimeouts;
 }
 
 export async function startHttpsProcessServer(server: ProcessServer, options: ProcessServerHttpsOptions): Promise<{ server: Server; port: number; url: string; certificate: Certificate; close(): Promise<void> }> {
@@ -109,6 +174,9 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
       throw new HttpError(404, 'NOT_ENABLED', errorMessage(err));
     }
     if (!tokenMatches(token, expected)) {
+      // Authenticated as another VM's agent, but not allowed this VM's data: 403, not 401.
+      const owner = token ? server.knownVms().find((other) => other !== vmId && tokenMatches(token, server.vm(other).token)) : undefined;
+      if (owner) throw new HttpError(403, 'FORBIDDEN', `The agent token presented is VM '${owner}''s; it gives no access to VM '${vmId}'. Run the agent for '${vmId}' with its own state.`);
       throw new HttpError(401, 'UNAUTHORIZED', `The agent token for VM '${vmId}' is missing or wrong; use the state written by \`ferry enable\`.`);
     }
   };
@@ -122,17 +190,20 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
     authorize(req, vmId);
     const rest = parts.slice(3).join('/');
     if (req.method === 'POST' && rest === 'batches') {
-      const body = await readBody(req, MAX_RECORD_STREAM_BYTES + 16 * 1024 * 1024);
+      const body = await readBody(req, MAX_BATCH_BODY_BYTES);
       if (body.length < 4) throw new HttpError(400, 'BAD_BATCH', 'The batch body is truncated.');
       const n = body.readUInt32LE(0);
+      if (n > MAX_BATCH_HEAD_BYTES) throw new HttpError(400, 'BAD_BATCH', `The batch head is ${n} bytes; at most ${MAX_BATCH_HEAD_BYTES}.`);
       if (4 + n > body.length) throw new HttpError(400, 'BAD_BATCH', 'The batch header is truncated.');
-      const head = JSON.parse(body.subarray(4, 4 + n).toString('utf8')) as { meta: BatchMeta; records: RecordDesc[] };
-      if (head.meta?.vmId !== vmId) throw new HttpError(400, 'BAD_BATCH', `The batch is for VM '${String(head.meta?.vmId)}', not '${vmId}'.`);
+      const head = parseBatchHead(body.subarray(4, 4 + n), body.length - 4 - n);
+      if (head.meta.vmId !== vmId) throw new HttpError(400, 'BAD_BATCH', `The batch is for VM '${String(head.meta?.vmId)}', not '${vmId}'.`);
       await server.submit({ meta: head.meta, records: head.records, data: body.subarray(4 + n) }, () => undefined);
       return send(res, 200, { accepted: true, sequence: head.meta.sequence });
     }
     if (req.method === 'GET' && parts[3] === 'disks' && parts[4] && parts[5] === 'next-sequence') {
       const epoch = Number(url.searchParams.get('epoch') ?? '1');
+      if (!isValidId(parts[4])) throw new HttpError(400, 'BAD_ARGUMENT', `'${parts[4]}' is not a valid disk id.`);
+      if (!Number.isSafeInteger(epoch) || epoch < 1) throw new HttpError(400, 'BAD_ARGUMENT', `epoch must be a whole number of at least 1; got '${url.searchParams.get('epoch')}'.`);
       return send(res, 200, { next: await server.nextSequence(vmId, parts[4], epoch) });
     }
     if (req.method === 'POST' && rest === 'sync') {
@@ -142,9 +213,21 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
     if (req.method === 'GET' && rest === 'stats') return send(res, 200, await server.stats(vmId));
     throw new HttpError(404, 'NOT_FOUND', `No route ${req.method} ${url.pathname}.`);
   };
-  const https = createServer({ key: certificate.key, cert: certificate.cert }, (req, res) => {
+  const headersTimeout = options.timeouts?.headersTimeoutMs ?? 30_000;
+  const requestTimeout = Math.max(options.timeouts?.requestTimeoutMs ?? 300_000, headersTimeout);
+  // A slow or stalled upload is cut (408) once its time is up: Node checks at this interval.
+  const https = createServer({ key: certificate.key, cert: certificate.cert, headersTimeout, requestTimeout, connectionsCheckingInterval: Math.min(1_000, headersTimeout) }, (req, res) => {
     handle(req, res).catch((err: unknown) => {
-      if (err instanceof HttpError) return send(res, err.status, { code: err.code, message: err.message });
+      if (err instanceof HttpError) {
+        // a refused body is not read further: the connection closes after the answer
+        if (err.status === 413) {
+          res.setHeader('connection', 'close');
+          req.resume(); // discard the rest; give the client a moment to read the answer, then cut
+          res.once('finish', () => setTimeout(() => req.socket.destroy(), 1_000).unref());
+        }
+        send(res, err.status, { code: err.code, message: err.message });
+        return;
+      }
       const code = isApplianceError(err) ? err.code : (err as { code?: string }).code ?? 'INTERNAL';
       const status = code === 'NOT_ENABLED' ? 404 : /^[A-Z_]+$/.test(code) && code !== 'INTERNAL' ? 400 : 500;
       options.log?.warn({ err: errorMessage(err), url: req.url }, 'request failed');

@@ -13,7 +13,7 @@ import { ApplianceError } from './errors';
 import { Outbox, type CloudTransport, type OutboxStats } from './outbox';
 import { SealPool, type Sealed } from './seal-pool';
 import type { BatchSink } from './sink';
-import { currentKey, keyFileStamp, loadVmState } from './state';
+import { currentKey, keyFileStamp, listVmStates, loadVmState } from './state';
 import { ScheduleError, parseSchedule } from './bandwidth-schedule';
 import { ScheduledThrottle, TokenBucket, mbpsToBytesPerSecond, type Throttle } from './token-bucket';
 
@@ -90,6 +90,11 @@ export class ProcessServer implements BatchSink {
       this.keys.set(vmId, k);
     }
     return k;
+  }
+
+  /** The VMs enabled in the state directory. */
+  knownVms(): string[] {
+    return listVmStates(this.options.stateDir);
   }
 
   outbox(vmId: string): Outbox {

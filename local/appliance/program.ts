@@ -155,8 +155,11 @@ export function buildProgram(): Command {
     .option('--limit-schedule <rules>', 'caps by day and hour, first match wins, e.g. "Mon-Fri 08:00-18:00=50; *=500" (outside its rules: --limit-mbps)')
     .option('--cache-dir <dir>', 'offline cache (default <state-dir>/cache)')
     .option('--cache-max-gb <n>', 'bound of the offline cache', numArg('--cache-max-gb'), 10)
+    .option('--headers-timeout <duration>', 'a request whose headers take longer is cut (408)', '30s')
+    .option('--request-timeout <duration>', 'a request (upload included) that takes longer is cut (408)', '5m')
     .addHelpText('after', '\nExample:\n  ferry process-server --port 9443 --threads 8')
-    .action(async (o: { port: number; host: string; stateDir: string; threads: number; limitMbps?: number; limitSchedule?: string; cacheDir?: string; cacheMaxGb: number }) => {
+    .action(async (o: { port: number; host: string; stateDir: string; threads: number; limitMbps?: number; limitSchedule?: string; cacheDir?: string; cacheMaxGb: number; headersTimeout: string; requestTimeout: string }) => {
+      const timeouts = { headersTimeoutMs: parseDuration(o.headersTimeout, '--headers-timeout'), requestTimeoutMs: parseDuration(o.requestTimeout, '--request-timeout') };
       const log = createLogger('process-server');
       const server = new ProcessServer({
         stateDir: o.stateDir,
@@ -169,7 +172,7 @@ export function buildProgram(): Command {
         ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}),
       });
       server.resumeCached(listVmStates(o.stateDir));
-      const https = await startHttpsProcessServer(server, { port: o.port, host: o.host, certDir: join(o.stateDir, 'process-server'), log });
+      const https = await startHttpsProcessServer(server, { port: o.port, host: o.host, certDir: join(o.stateDir, 'process-server'), log, timeouts });
       log.info({ url: `https://${o.host}:${https.port}`, fingerprint: https.certificate.fingerprint256 }, 'process server listening');
       await new Promise<void>((r) => stopSignal().addEventListener('abort', () => r(), { once: true }));
       await https.close();
