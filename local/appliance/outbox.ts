@@ -211,14 +211,16 @@ export class Outbox {
   }
 
   /**
-   * Queues one sealed batch (replacing an unsent one of the same sequence). `message` is its
-   * envelope when the caller made it already (a seal worker), else it is made here.
+   * Queues one sealed batch. A sequence already queued or sent is a replay (an agent retrying
+   * an upload whose answer it lost) and is ignored: the first copy is the one sent, once.
+   * Replacing the queued copy instead could race its send (the copy in flight was sent, the
+   * replacement forgotten, and the counts went wrong). `message` is its envelope when the
+   * caller made it already (a seal worker), else it is made here.
    */
   put(diskId: string, epoch: number, seq: number, sealed: Buffer, message?: OutgoingMessage): void {
     const q = this.queue(diskId, epoch);
     if (epoch < q.epoch || seq <= q.lastSent) return; // already sent: a replay after a restart
-    const old = q.entries.get(seq);
-    if (old) this.drop(old);
+    if (q.entries.has(seq)) return; // already queued: a replay
     const entry: Entry = { diskId, epoch, seq, file: null, size: sealed.length, sealed, ...(message ? { message } : {}) };
     this.memBytes += sealed.length;
     q.entries.set(seq, entry);
