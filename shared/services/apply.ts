@@ -433,6 +433,10 @@ async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, ba
       if (!(isStateStoreError(err) && err.code === 'CONFLICT') || attempt >= 8) throw err;
       const fresh = await deps.state.getDisk(disk.vmId, disk.diskId);
       if (!fresh) throw err;
+      // Another apply recorded this batch (or a later one) meanwhile: a redelivery that raced this
+      // one after a lost session lock. Recording it again would commit it twice and could move the
+      // applied sequence back; throw, and the redelivery completes it as a duplicate.
+      if (fresh.epoch > h.epoch || (fresh.epoch === h.epoch && fresh.appliedSequence >= h.sequence)) throw err;
       current = fresh;
     }
   }
