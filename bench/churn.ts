@@ -22,7 +22,8 @@ const CHURN_SECONDS = Number(process.env.FERRY_BENCH_CHURN_SECONDS ?? 30);
 
 export async function run(): Promise<BenchResult[]> {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-churn-'));
-  const stack = await startEphemeralStack();
+  // FERRY_BENCH_VERBOSE=1: the stack's own output (host, emulator, Azurite) on stderr.
+  const stack = await startEphemeralStack(process.env.FERRY_BENCH_VERBOSE ? { onLine: (name, line) => process.stderr.write(`[${name}] ${line}\n`) } : {});
   const image = join(dir, 'disk0.img');
   const fd = openSync(image, 'w');
   writeSync(fd, Buffer.alloc(1), 0, 1, SIZE - 1);

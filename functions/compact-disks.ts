@@ -3,11 +3,14 @@
  * oldest part of a disk's delta log into its extents (docs/disk-log.md). The apply function asks
  * for it when a disk's log passes COMPACT_TRIGGER_BYTES; this runs beside the applies, so the
  * rewrite of many extents never delays replication (RPO). A transient failure throws: the
- * message is abandoned and redelivered. A request for a disk that is gone, or whose log is
- * already below half the trigger (a duplicate), completes without work.
+ * message is abandoned and redelivered. First it takes the recovery-point captures that tagged
+ * batches left for it (each folded exactly up to its tag, then captured); then, if the log is
+ * still at least half the trigger, it folds the oldest part. A request for a disk that is gone,
+ * or a duplicate that finds nothing to do, completes without work.
  */
 import { app, type InvocationContext } from '@azure/functions';
 import { applyDeps } from '../shared/azure/composition';
+import { captureAtTag } from '../shared/services/recovery-points';
 import { COMPACTIONS_QUEUE, COMPACT_TRIGGER_BYTES, type CompactionRequest } from '../shared/ports/compaction-queue';
 
 function parseRequest(body: unknown): CompactionRequest | undefined {
@@ -30,7 +33,24 @@ export async function compactDisks(body: unknown, context: InvocationContext): P
     return;
   }
   const started = Date.now();
-  const r = await deps.disks.compact(request, disk.sizeBytes, { minBytes: COMPACT_TRIGGER_BYTES / 2 });
+  const ref = { vmId: request.vmId, diskId: request.diskId };
+  // Captures left by tagged batches first, each exactly at its tag (docs/disk-log.md).
+  for (const marker of (await deps.disks.logState?.(ref))?.captures ?? []) {
+    const folded = await deps.disks.compact(ref, disk.sizeBytes, { all: true, upTo: marker.position });
+    const current = (await deps.state.getVm(request.vmId))?.disks.find((d) => d.diskId === request.diskId) ?? disk;
+    const capture = await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, current, {
+      consistency: { kind: marker.kind, tagId: marker.tagId },
+      epoch: marker.position.epoch,
+      sequence: marker.position.sequence,
+      capturedAt: marker.capturedAt,
+      initialReplicationComplete: marker.initialReplicationComplete,
+    });
+    await deps.disks.clearCapture?.(ref, marker.position);
+    context.log(
+      `Captured ${request.vmId}/${request.diskId} at tag ${marker.tagId} (epoch ${marker.position.epoch} sequence ${marker.position.sequence})${capture ? '' : ' (skipped: the disk was not fully copied at that tag)'} after folding ${folded.entriesFolded} log entries (${(folded.bytesFolded / 1048576).toFixed(1)} MiB) in ${Date.now() - started} ms.`,
+    );
+  }
+  const r = await deps.disks.compact(ref, disk.sizeBytes, { minBytes: COMPACT_TRIGGER_BYTES / 2 });
   if (r.entriesFolded === 0) return;
   context.log(
     `Compacted ${request.vmId}/${request.diskId}: folded ${r.entriesFolded} log entries (${(r.bytesFolded / 1048576).toFixed(1)} MiB) into ${r.extentsWritten} extents in ${Date.now() - started} ms; ${(r.remainingBytes / 1048576).toFixed(1)} MiB left in the log.`,

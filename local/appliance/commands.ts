@@ -206,6 +206,16 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
         epochs: Object.fromEntries(agent.state.disks.map((d) => [d.diskId, d.epoch])),
         ...(options.applyTimeoutMs !== undefined ? { timeoutMs: options.applyTimeoutMs } : {}),
       });
+      if (r.tagId !== undefined && vm.disks.every((d) => d.initialReplicationPercent >= 100)) {
+        // The contract: --once exits when a recovery point exists for exactly what it sent. The
+        // cloud may capture a tag after its batch is applied (docs/disk-log.md): wait for it.
+        const wanted = recoveryPointId(r.tagId);
+        const deadline = Date.now() + (options.applyTimeoutMs ?? 120_000);
+        while (!(await api.recoveryPoints(options.vm)).some((p) => p.id === wanted)) {
+          if (Date.now() > deadline) throw new ApplianceError('OPERATION_FAILED', `Everything VM '${options.vm}' sent is applied, but its recovery point ${wanted} did not appear in time; see the VM's health (ferry status).`);
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+      }
       return {
         vmId: options.vm,
         passes: 1,

@@ -18,7 +18,21 @@
  */
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { isDomainError } from '../domain/domain-error';
-import { decodeLogEntry, encodeLogEntry, isSparse, logEntryName, logEntrySegment, logPrefix, overlay, type LogPosition } from '../domain/disk-log';
+import {
+  captureMarkerName,
+  comparePositions,
+  decodeLogEntry,
+  encodeLogEntry,
+  isCaptureMarkerName,
+  isSparse,
+  logEntryName,
+  logEntryPosition,
+  logEntrySegment,
+  logPrefix,
+  overlay,
+  type CaptureMarker,
+  type LogPosition,
+} from '../domain/disk-log';
 import {
   EXTENT_BYTES,
   EXTENTS_PER_SEGMENT,
@@ -34,7 +48,7 @@ import {
   type ExtentWrite,
 } from '../domain/extents';
 import type { BatchRecord } from '../domain/wire-format';
-import { DiskStoreError, type ApplyOptions, type ApplyStats, type CompactOptions, type CompactStats, type DiskRef, type DiskStore } from '../ports/disk-store';
+import { DiskStoreError, type ApplyOptions, type ApplyStats, type CompactOptions, type CompactStats, type DiskLogState, type DiskRef, type DiskStore } from '../ports/disk-store';
 import { faultPoint } from '../faults';
 import { statusOf, runLimited } from './rest';
 
@@ -107,16 +121,20 @@ export class BlobDiskStore implements DiskStore {
       if (list) list.push(w);
       else bySegment.set(w.segment, [w]);
     }
-    const log = await this.listLog(disk);
+    const { entries: log, markers } = await this.listLogAll(disk);
     let pending = log.reduce((n, e) => n + e.size, 0);
     for (const [segment, segmentWrites] of bySegment) {
       const segmentLog = log.filter((e) => e.segment === segment);
-      if (options.position && (segmentLog.length > 0 || isSparse(segmentWrites))) {
+      // A pending capture needs the extents as of its tag: everything after it goes to the log.
+      if (options.position && (segmentLog.length > 0 || markers.length > 0 || isSparse(segmentWrites))) {
         const bytes = await this.appendLog(disk, segment, options.position, segmentWrites);
         stats.logBytes = (stats.logBytes ?? 0) + bytes;
         stats.bytesUploaded += bytes;
         pending += bytes;
         continue;
+      }
+      if (markers.length > 0) {
+        throw new DiskStoreError('CONCURRENT_WRITE', `Writing ${disk.vmId}/${disk.diskId} without a position while a recovery-point capture waits for compaction; retry later.`, true);
       }
       if (segmentLog.length > 0) {
         // No position to order a log entry by: fold the log first, then write the extents.
@@ -145,19 +163,59 @@ export class BlobDiskStore implements DiskStore {
 
   /** The disk's log entries, oldest first. */
   async listLog(disk: DiskRef): Promise<LogEntryInfo[]> {
+    return (await this.listLogAll(disk)).entries;
+  }
+
+  /** Log entries (oldest first) and pending capture markers (earliest first), in one listing. */
+  private async listLogAll(disk: DiskRef): Promise<{ entries: LogEntryInfo[]; markers: { name: string; position: LogPosition }[] }> {
     const prefix = diskBlobPrefix(disk.vmId, disk.diskId);
-    const out: LogEntryInfo[] = [];
+    const entries: LogEntryInfo[] = [];
+    const markers: { name: string; position: LogPosition }[] = [];
     try {
       for await (const item of this.container.listBlobsFlat({ prefix: logPrefix(prefix) })) {
+        if (isCaptureMarkerName(prefix, item.name)) {
+          const position = logEntryPosition(item.name);
+          if (position) markers.push({ name: item.name, position });
+          continue;
+        }
         const segment = logEntrySegment(prefix, item.name);
         if (segment === undefined) continue;
-        out.push({ name: item.name, segment, etag: item.properties.etag ?? '', size: item.properties.contentLength ?? 0 });
+        entries.push({ name: item.name, segment, etag: item.properties.etag ?? '', size: item.properties.contentLength ?? 0 });
       }
     } catch (err) {
-      if (statusOf(err) === 404) return [];
-      throw wrap(err, `listing the log of ${disk.vmId}/${disk.diskId}`);
+      if (statusOf(err) !== 404) throw wrap(err, `listing the log of ${disk.vmId}/${disk.diskId}`);
     }
-    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    markers.sort((a, b) => comparePositions(a.position, b.position));
+    return { entries, markers };
+  }
+
+  async logState(disk: DiskRef): Promise<DiskLogState> {
+    const { entries, markers } = await this.listLogAll(disk);
+    const out: CaptureMarker[] = [];
+    for (const m of markers) {
+      try {
+        out.push(JSON.parse((await this.container.getBlockBlobClient(m.name).downloadToBuffer()).toString('utf8')) as CaptureMarker);
+      } catch (err) {
+        if (statusOf(err) !== 404) throw wrap(err, `reading capture marker ${m.name}`);
+      }
+    }
+    return { pendingBytes: entries.reduce((n, e) => n + e.size, 0), captures: out };
+  }
+
+  async markCapture(disk: DiskRef, marker: CaptureMarker): Promise<void> {
+    const body = JSON.stringify(marker);
+    try {
+      await this.container.getBlockBlobClient(captureMarkerName(diskBlobPrefix(disk.vmId, disk.diskId), marker.position)).upload(body, Buffer.byteLength(body));
+    } catch (err) {
+      throw wrap(err, `marking a capture of ${disk.vmId}/${disk.diskId}`);
+    }
+  }
+
+  async clearCapture(disk: DiskRef, position: LogPosition): Promise<void> {
+    await this.container.deleteBlob(captureMarkerName(diskBlobPrefix(disk.vmId, disk.diskId), position)).catch((err: unknown) => {
+      if (statusOf(err) !== 404) throw wrap(err, `clearing a capture marker of ${disk.vmId}/${disk.diskId}`);
+    });
   }
 
   private async readLogEntry(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo): Promise<ExtentWrite[] | undefined> {
@@ -186,11 +244,14 @@ export class BlobDiskStore implements DiskStore {
     const total: CompactStats = { entriesFolded: 0, bytesFolded: 0, remainingBytes: 0, extentsWritten: 0, segmentsCommitted: 0 };
     const maxBytes = options.maxBytes ?? COMPACT_PASS_BYTES;
     for (let pass = 0; ; pass++) {
-      const log = await this.listLog(disk);
-      if (pass === 0 && options.minBytes !== undefined && log.reduce((n, e) => n + e.size, 0) < options.minBytes) {
-        total.remainingBytes = log.reduce((n, e) => n + e.size, 0);
+      const listed = await this.listLogAll(disk);
+      if (pass === 0 && options.minBytes !== undefined && listed.entries.reduce((n, e) => n + e.size, 0) < options.minBytes) {
+        total.remainingBytes = listed.entries.reduce((n, e) => n + e.size, 0);
         return total;
       }
+      // Never past the earliest pending capture: its extents must be exactly as of its tag.
+      const limit = [options.upTo, listed.markers[0]?.position].filter((p): p is LogPosition => p !== undefined).sort(comparePositions)[0];
+      const log = limit ? listed.entries.filter((e) => comparePositions(logEntryPosition(e.name) ?? limit, limit) <= 0) : listed.entries;
       const segments = [...new Set(log.map((e) => e.segment))];
       if (segments.length === 0) break;
       for (const segment of segments) {

@@ -163,3 +163,36 @@ export function overlay(out: Buffer, offset: number, writes: readonly ExtentWrit
     }
   }
 }
+
+/** Orders log positions: negative when a is earlier. */
+export function comparePositions(a: LogPosition, b: LogPosition): number {
+  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.sequence - b.sequence;
+}
+
+/** The position an entry name carries (see logEntryName). */
+export function logEntryPosition(name: string): LogPosition | undefined {
+  const m = /(\d{10})-(\d{16})$/.exec(name);
+  return m ? { epoch: Number(m[1]), sequence: Number(m[2]) } : undefined;
+}
+
+/**
+ * A recovery-point capture waiting for compaction (docs/disk-log.md, "Recovery points"): the
+ * tagged batch at `position` was applied while the log was large, so instead of folding it all
+ * inline, the apply leaves this marker; while one exists every write of the disk goes to the
+ * log, and the compactor folds exactly the entries up to `position`, captures, and removes it.
+ */
+export interface CaptureMarker {
+  position: LogPosition;
+  tagId: number;
+  kind: 'crash-consistent' | 'app-consistent';
+  capturedAt: number;
+  initialReplicationComplete: boolean;
+}
+
+export function captureMarkerName(diskPrefix: string, position: LogPosition): string {
+  return `${logPrefix(diskPrefix)}capture/${String(position.epoch).padStart(10, '0')}-${String(position.sequence).padStart(16, '0')}`;
+}
+
+export function isCaptureMarkerName(diskPrefix: string, name: string): boolean {
+  return /^capture\/\d{10}-\d{16}$/.test(name.slice(logPrefix(diskPrefix).length));
+}

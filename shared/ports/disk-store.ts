@@ -15,7 +15,7 @@
  * - Errors: `DiskStoreError` with a `code` and `retryable`; anything the storage service
  *   throws that is not understood is wrapped as retryable `STORAGE_UNAVAILABLE`.
  */
-import type { LogPosition } from '../domain/disk-log';
+import type { CaptureMarker, LogPosition } from '../domain/disk-log';
 import type { BatchRecord } from '../domain/wire-format';
 
 export interface DiskRef {
@@ -57,6 +57,15 @@ export interface CompactOptions {
   all?: boolean;
   /** Do nothing unless the log holds at least this many bytes (a duplicate request). */
   minBytes?: number;
+  /** Fold only entries up to this position (a pending capture's tag). */
+  upTo?: LogPosition;
+}
+
+export interface DiskLogState {
+  /** Bytes in the delta log waiting for compaction. */
+  pendingBytes: number;
+  /** Recovery-point captures waiting for compaction, earliest first. */
+  captures: CaptureMarker[];
 }
 
 export interface CompactStats {
@@ -86,6 +95,14 @@ export interface DiskStore {
    * A store without a log has nothing to do.
    */
   compact?(disk: DiskRef, sizeBytes: number, options?: CompactOptions): Promise<CompactStats>;
+  /** The delta log's size and pending captures (stores with a log). */
+  logState?(disk: DiskRef): Promise<DiskLogState>;
+  /**
+   * Leaves a capture for the compactor (docs/disk-log.md, "Recovery points"): from now until
+   * clearCapture, every write of the disk goes to the log and compaction stops at the marker.
+   */
+  markCapture?(disk: DiskRef, marker: CaptureMarker): Promise<void>;
+  clearCapture?(disk: DiskRef, position: LogPosition): Promise<void>;
   /** Reads `length` bytes at `offset` (both inside the disk). */
   read(disk: DiskRef, sizeBytes: number, offset: number, length: number): Promise<Buffer>;
   /** Removes the disk and everything stored for it; idempotent. */

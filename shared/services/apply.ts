@@ -30,6 +30,7 @@ import type { ReplicationDeps } from './deps';
 import { faultPoint, journalApplied } from '../faults';
 import { COMPACT_TRIGGER_BYTES, type CompactionQueue } from '../ports/compaction-queue';
 import { captureAtTag } from './recovery-points';
+import { PrefetchingStaging, type StagedRef } from './staging-prefetch';
 import { updateVmWithRetry } from './vms';
 
 export type DeadLetterReason =
@@ -124,6 +125,20 @@ export async function applyBatchMessage(deps: ApplyDeps, body: unknown, options:
   return outcome;
 }
 
+/** The staged payloads a receive refers to, in order (unparseable messages have none). */
+function stagedRefs(bodies: readonly unknown[]): StagedRef[] {
+  const refs: StagedRef[] = [];
+  for (const body of bodies) {
+    try {
+      const env = parseEnvelope(body);
+      if (!('inline' in env.payload)) refs.push({ name: env.payload.blob.name, sizeBytes: env.payload.blob.sizeBytes });
+    } catch {
+      // judged (and dead-lettered) in order by the loop
+    }
+  }
+  return refs;
+}
+
 /** A batch ready to be written: checked, authenticated and decoded; nothing written yet. */
 interface Ready {
   kind: 'ready';
@@ -153,7 +168,8 @@ const GROUP_MAX_DATA_BYTES = 64 * 1024 * 1024;
  * (duplicate, gap, bad...), which then takes the single path after the group is written.
  * A crash mid-group redelivers the whole receive: writes are absolute, so it converges.
  */
-export async function applyBatchMessages(deps: ApplyDeps, bodies: readonly unknown[], options: ApplyMessageOptions = {}): Promise<ApplyOutcome[]> {
+export async function applyBatchMessages(given: ApplyDeps, bodies: readonly unknown[], options: ApplyMessageOptions = {}): Promise<ApplyOutcome[]> {
+  const deps: ApplyDeps = { ...given, staging: new PrefetchingStaging(given.staging, stagedRefs(bodies)) };
   const outcomes: ApplyOutcome[] = new Array<ApplyOutcome>(bodies.length);
   let group: { index: number; ready: Ready }[] = [];
   let groupBytes = 0;
@@ -228,8 +244,7 @@ async function commitGroup(deps: ApplyDeps, group: Ready[]): Promise<ApplyOutcom
   }
   faultPoint('apply.disk-written');
   if (last.batch.header.consistency && deps.captures) {
-    await foldLogForCapture(deps, { vmId, diskId }, first.disk.sizeBytes);
-    await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, first.disk, last.batch.header);
+    await captureTag(deps, deps.captures, first.disk, last.batch.header);
     faultPoint('apply.captured');
   }
   const vmState = await recordApplied(deps, first.found.vm, first.disk, last.batch);
@@ -377,8 +392,7 @@ async function commit(deps: ApplyDeps, ready: Ready): Promise<ApplyOutcome> {
   if (batch.header.consistency && deps.captures) {
     // The disk is now exactly as of this tagged batch, and no later batch of this disk can be
     // applied before its sequence is recorded below: capture it here.
-    await foldLogForCapture(deps, { vmId, diskId }, disk.sizeBytes);
-    await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, disk, batch.header);
+    await captureTag(deps, deps.captures, disk, batch.header);
     faultPoint('apply.captured');
   }
   const vmState = await recordApplied(deps, found.vm, disk, batch);
@@ -391,12 +405,35 @@ async function commit(deps: ApplyDeps, ready: Ready): Promise<ApplyOutcome> {
 }
 
 /**
- * A capture snapshots the extents, so the delta log is folded into them first (docs/disk-log.md,
- * "Recovery points"): the recovery point then holds every write up to the tag.
+ * The recovery-point capture of a tagged batch. A capture snapshots the extents, so the disk's
+ * delta log must be folded up to the tag first (docs/disk-log.md, "Recovery points"). With an
+ * empty or small log that is done here. Otherwise folding would hold up this disk's
+ * replication for as long as rewriting many extents takes, so the capture is left to the
+ * compactor: a marker makes every later write go to the log, and the compactor folds exactly
+ * up to the tag, captures, and clears the marker. The tag's recovery point then appears a
+ * little after its batch is applied (`ferry replicate --once` waits for it).
  */
-async function foldLogForCapture(deps: ApplyDeps, disk: { vmId: string; diskId: string }, sizeBytes: number): Promise<void> {
-  await deps.disks.compact?.(disk, sizeBytes, { all: true });
+async function captureTag(deps: ApplyDeps, captures: CaptureStore, disk: DiskRecord, header: DecodedBatch['header']): Promise<void> {
+  const ref = { vmId: disk.vmId, diskId: disk.diskId };
+  const tag = header.consistency;
+  const log = tag ? await deps.disks.logState?.(ref) : undefined;
+  if (tag && log && deps.compactions && deps.disks.markCapture && (log.captures.length > 0 || log.pendingBytes > INLINE_FOLD_MAX_BYTES)) {
+    await deps.disks.markCapture(ref, {
+      position: { epoch: header.epoch, sequence: header.sequence },
+      tagId: tag.tagId,
+      kind: tag.kind,
+      capturedAt: header.capturedAt,
+      initialReplicationComplete: header.initialReplicationComplete,
+    });
+    await deps.compactions.request(ref); // a failure throws: the redelivered batch marks and asks again
+    return;
+  }
+  await deps.disks.compact?.(ref, disk.sizeBytes, { all: true });
+  await captureAtTag({ state: deps.state, captures, now: deps.now }, disk, header);
 }
+
+/** A log this small at a tag is folded inline before the capture (a few extents' rewrite). */
+const INLINE_FOLD_MAX_BYTES = 4 * 1024 * 1024;
 
 /** Asks for a background compaction once the disk's log is large; a failure to ask only delays it. */
 async function requestCompaction(deps: ApplyDeps, disk: { vmId: string; diskId: string }, stats: ApplyStats): Promise<void> {

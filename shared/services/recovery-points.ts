@@ -24,7 +24,7 @@ export interface RecoveryDeps extends ReplicationDeps {
 export async function captureAtTag(
   deps: { state: StateStore; captures: CaptureStore; now: () => number },
   disk: DiskRecord,
-  header: BatchHeader,
+  header: Pick<BatchHeader, 'consistency' | 'epoch' | 'sequence' | 'capturedAt' | 'initialReplicationComplete'>,
 ): Promise<CaptureRecord | undefined> {
   const tag = header.consistency;
   if (!tag) return undefined;

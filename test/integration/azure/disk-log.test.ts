@@ -158,4 +158,33 @@ describe('BlobDiskStore delta log (Azurite)', () => {
     await store.compact(d, size, { all: true });
     expect(await manifest.blockIds(d, size, 0, size / EXTENT_BYTES)).toEqual(expected);
   });
+
+  it('a pending capture sends every later write to the log and stops compaction at its tag', async () => {
+    const d = disk();
+    const model = Buffer.alloc(size);
+    await seeded(d, model);
+    const next = rng(13);
+    const early = churn(next, size, 24);
+    await store.apply(d, size, early, { position: { epoch: 1, sequence: 2 } });
+    applyToModel(model, early);
+    const atTag = Buffer.from(model);
+    await store.markCapture(d, { position: { epoch: 1, sequence: 2 }, tagId: 7, kind: 'crash-consistent', capturedAt: 1, initialReplicationComplete: false });
+    // A whole-extent write after the tag would normally go straight to the extents.
+    const whole: BatchRecord[] = [{ kind: 'data', offset: 0, data: Buffer.alloc(EXTENT_BYTES, 0x5a) }];
+    const stats = await store.apply(d, size, whole, { position: { epoch: 1, sequence: 3 } });
+    applyToModel(model, whole);
+    expect(stats.extentsWritten).toBe(0);
+    expect(stats.logBytes).toBeGreaterThan(EXTENT_BYTES);
+    // A compaction with no bound still stops at the marker; the extents are then the disk at the tag.
+    await store.compact(d, size, { all: true });
+    expect((await store.listLog(d)).map((e) => e.name.slice(-16))).toEqual(['0000000000000003']);
+    expect((await store.logState(d)).captures.map((c) => c.tagId)).toEqual([7]);
+    await store.clearCapture(d, { epoch: 1, sequence: 2 });
+    const extentsOnly = await new BlobDiskStore(container).read(d, size, 0, size);
+    expect(extentsOnly.equals(model)).toBe(true); // reads overlay entry 3
+    await store.compact(d, size, { all: true });
+    expect(await store.listLog(d)).toHaveLength(0);
+    expect((await store.read(d, size, 0, size)).equals(model)).toBe(true);
+    expect(atTag.equals(model)).toBe(false);
+  });
 });

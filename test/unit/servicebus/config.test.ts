@@ -58,6 +58,7 @@ describe('parseConfig', () => {
     expect(cfg.queues.map((q) => [q.name, q.requiresSession, q.lockDurationMs])).toEqual([
       ['replication-batches', true, 60_000],
       ['operations', false, 300_000],
+      ['compactions', true, 300_000],
     ]);
   });
 

@@ -151,7 +151,7 @@ describe('diskHashes', () => {
     await expect(hashes(w, 'Disk0')).rejects.toMatchObject({ status: 400, code: 'INVALID_ID' });
     await expect(diskHashes(w.deps, 'nope', 'disk0', {})).rejects.toMatchObject({ status: 404, code: 'VM_NOT_FOUND' });
     await expect(hashes(w, 'disk0', { recoveryPointId: 'rp-9' })).rejects.toMatchObject({ status: 404, code: 'RECOVERY_POINT_NOT_FOUND' });
-    await expect(hashes(w, 'disk0', { recoveryPointId: 'garbage' })).rejects.toMatchObject({ status: 404, code: 'RECOVERY_POINT_NOT_FOUND' });
+    await expect(hashes(w, 'disk0', { recoveryPointId: 'garbage' })).rejects.toMatchObject({ status: 400, code: 'INVALID_REQUEST' });
   });
 
   it("lists a recovery point's hashes, not the live disk's", async () => {
