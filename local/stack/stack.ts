@@ -232,6 +232,36 @@ export class LocalStack {
     return host;
   }
 
+  /**
+   * For fault tests: ends a child (`mode: 'kill'` is kill -9, `'stop'` SIGTERM then SIGKILL)
+   * and leaves it down; `startChild` brings it back with the same command, ports and data
+   * directory (Azurite and the emulator keep their data, as after a real crash or outage).
+   */
+  async stopChild(name: string, { mode = 'stop' }: { mode?: 'stop' | 'kill' } = {}): Promise<void> {
+    const child = this.child(name);
+    if (!child) throw new StackError(`No child named '${name}' in this stack.`, 'START_FAILED');
+    if (mode === 'kill') await child.kill();
+    else await child.stop();
+  }
+
+  /** Starts a child stopped by `stopChild` again (a fresh process with the same spec). */
+  async startChild(name: string): Promise<SupervisedChild> {
+    const old = this.child(name);
+    if (!old) throw new StackError(`No child named '${name}' in this stack.`, 'START_FAILED');
+    if (old.running) throw new StackError(`${name} is still running; stop it first.`, 'START_FAILED');
+    const onExit = (c: SupervisedChild): void => this.options.onUnexpectedExit?.(c.spec.name, c.describeExit());
+    const fresh = new SupervisedChild(old.spec, this.options.sink, onExit);
+    this.children.splice(this.children.indexOf(old), 1, fresh);
+    await fresh.start();
+    return fresh;
+  }
+
+  /** kill -9 (or stop) a child, then start it again: a crash and its supervisor's restart. */
+  async restartChild(name: string, options: { mode?: 'stop' | 'kill' } = {}): Promise<SupervisedChild> {
+    await this.stopChild(name, options);
+    return this.startChild(name);
+  }
+
   /** Stops the host first (it drains in-flight work), then the emulator and Azurite. */
   async stop(): Promise<void> {
     if (this.stopped) return;
