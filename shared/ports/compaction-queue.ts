@@ -8,7 +8,7 @@
 export const COMPACTIONS_QUEUE = 'compactions';
 
 /** Pending log bytes of a disk at which the apply function asks for a compaction. */
-export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 128) * 1024 * 1024;
+export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 256) * 1024 * 1024;
 
 export interface CompactionRequest {
   vmId: string;

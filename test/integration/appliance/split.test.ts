@@ -135,7 +135,14 @@ describe('appliance: split roles, CLI, offline cache', () => {
     const sbChild = stack.stack.child('servicebus')!;
     await sbChild.stop();
     // a SupervisedChild cannot be started again after stop(); a fresh one with the same spec can
-    sbRestarted = new SupervisedChild(sbChild.spec, (name, line) => stack.logs.push(`[${name}] ${line}`), () => undefined);
+    sbRestarted = new SupervisedChild(
+      sbChild.spec,
+      (name, line) => {
+        stack.logs.push(`[${name}] ${line}`);
+        if (process.env.FERRY_TEST_VERBOSE) process.stderr.write(`[${name}] ${line}\n`);
+      },
+      () => undefined,
+    );
     const cacheDir = join(dir, 'cache');
     const replicating = replicate({ ...common(), ...conn(), vm: 'offline-vm', once: true, cacheDir, applyTimeoutMs: 120_000 });
     // the pass spools everything while Service Bus is away
