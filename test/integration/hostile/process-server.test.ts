@@ -217,7 +217,9 @@ describe('hostile input: process server', () => {
         r.on('data', (c: Buffer) => chunks.push(c));
         r.on('end', () => resolve({ status: r.statusCode ?? 0, text: Buffer.concat(chunks).toString(), body: JSON.parse(Buffer.concat(chunks).toString() || 'null') }));
       });
-      req.on('error', (err) => (sent > MAX_BATCH_BODY_BYTES ? undefined : reject(err)));
+      // The server answers 413 and closes; a client still writing may see the reset before the
+      // answer (a race on a loaded machine). Past the limit that is a refusal too, not a hang.
+      req.on('error', (err) => (sent > MAX_BATCH_BODY_BYTES ? resolve({ status: -1, text: String(err), body: null }) : reject(err)));
       const pump = () => {
         while (sent < 160 * MiB && !req.destroyed) {
           sent += chunk.length;
@@ -228,8 +230,8 @@ describe('hostile input: process server', () => {
       pump();
     });
     clearInterval(sampler);
-    expect(res.status).toBe(413);
-    expect(res.body.code).toBe('TOO_LARGE');
+    expect([413, -1], `answer: ${res.text}`).toContain(res.status);
+    if (res.status === 413) expect(res.body.code).toBe('TOO_LARGE');
     expect(sent).toBeLessThan(160 * MiB); // the server stopped reading
     expect(peak - base, `RSS grew from ${base} to ${peak}`).toBeLessThan(MAX_BATCH_BODY_BYTES + 40 * MiB);
     expect((await call('GET', '/v1/health')).status).toBe(200);
