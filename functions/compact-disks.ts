@@ -13,6 +13,9 @@ import { applyDeps } from '../shared/azure/composition';
 import { captureAtTag } from '../shared/services/recovery-points';
 import { COMPACTIONS_QUEUE, COMPACT_TRIGGER_BYTES, type CompactionRequest } from '../shared/ports/compaction-queue';
 
+/** A capture that found another compaction running asks again this much later. */
+const RETRY_LATER_MS = 10_000;
+
 function parseRequest(body: unknown): CompactionRequest | undefined {
   const obj = typeof body === 'string' ? (JSON.parse(body) as unknown) : body;
   const m = obj as Partial<CompactionRequest> | null;
@@ -36,7 +39,13 @@ export async function compactDisks(body: unknown, context: InvocationContext): P
   const ref = { vmId: request.vmId, diskId: request.diskId };
   // Captures left by tagged batches first, each exactly at its tag (docs/disk-log.md).
   for (const marker of (await deps.disks.logState?.(ref))?.captures ?? []) {
-    const folded = await deps.disks.compact(ref, disk.sizeBytes, { all: true, upTo: marker.position });
+    const folded = await deps.disks.compact(ref, disk.sizeBytes, { all: true, upTo: marker.position, exclusive: true });
+    if (folded.skipped) {
+      // Another compaction of this disk is running; it takes the markers too (the apply asks again).
+      context.log(`Compaction of ${request.vmId}/${request.diskId}: another compaction is running; it takes this request.`);
+      await deps.compactions?.request(ref, RETRY_LATER_MS);
+      return;
+    }
     const current = (await deps.state.getVm(request.vmId))?.disks.find((d) => d.diskId === request.diskId) ?? disk;
     const capture = await captureAtTag({ state: deps.state, captures: deps.captures, now: deps.now }, current, {
       consistency: { kind: marker.kind, tagId: marker.tagId },
@@ -50,7 +59,8 @@ export async function compactDisks(body: unknown, context: InvocationContext): P
       `Captured ${request.vmId}/${request.diskId} at tag ${marker.tagId} (epoch ${marker.position.epoch} sequence ${marker.position.sequence})${capture ? '' : ' (skipped: the disk was not fully copied at that tag)'} after folding ${folded.entriesFolded} log entries (${(folded.bytesFolded / 1048576).toFixed(1)} MiB) in ${Date.now() - started} ms.`,
     );
   }
-  const r = await deps.disks.compact(ref, disk.sizeBytes, { minBytes: COMPACT_TRIGGER_BYTES / 2 });
+  const r = await deps.disks.compact(ref, disk.sizeBytes, { minBytes: COMPACT_TRIGGER_BYTES / 2, exclusive: true });
+  if (r.skipped) context.log(`Compaction of ${request.vmId}/${request.diskId}: another compaction is running; nothing to do.`);
   if (r.entriesFolded === 0) return;
   context.log(
     `Compacted ${request.vmId}/${request.diskId}: folded ${r.entriesFolded} log entries (${(r.bytesFolded / 1048576).toFixed(1)} MiB) into ${r.extentsWritten} extents in ${Date.now() - started} ms; ${(r.remainingBytes / 1048576).toFixed(1)} MiB left in the log.`,

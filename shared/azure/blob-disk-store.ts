@@ -56,7 +56,9 @@ const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
 const STAGE_CONCURRENCY = 4;
 /** A compaction pass folds at most about this many bytes of log per segment (memory bound). */
-export const COMPACT_PASS_BYTES = 256 * 1024 * 1024;
+export const COMPACT_PASS_BYTES = 512 * 1024 * 1024;
+/** The background compaction lock's lease, renewed every third of it. */
+const COMPACT_LEASE_SECONDS = 30;
 /** Reads retry when a compaction folded the log entries they were overlaying meanwhile. */
 const READ_ATTEMPTS = 8;
 
@@ -241,6 +243,33 @@ export class BlobDiskStore implements DiskStore {
    * and that pass starts again from a fresh listing.
    */
   async compact(disk: DiskRef, sizeBytes: number, options: CompactOptions = {}): Promise<CompactStats> {
+    if (!options.exclusive) return this.compactUnlocked(disk, sizeBytes, options);
+    // One background compaction per disk: a blob lease is the lock, held for the whole run and
+    // renewed (hosts may be many; a second compaction would redo the same rewrite and lose its
+    // ETag race at the end). A held lease means another compactor is at work: nothing to do.
+    const lock = this.container.getBlockBlobClient(`${diskBlobPrefix(disk.vmId, disk.diskId)}log-lock`);
+    try {
+      await lock.upload('', 0, { conditions: { ifNoneMatch: '*' } });
+    } catch (err) {
+      if (statusOf(err) !== 409 && statusOf(err) !== 412) throw wrap(err, `creating the compaction lock of ${disk.vmId}/${disk.diskId}`);
+    }
+    const lease = lock.getBlobLeaseClient();
+    try {
+      await lease.acquireLease(COMPACT_LEASE_SECONDS);
+    } catch (err) {
+      if (statusOf(err) === 409) return { entriesFolded: 0, bytesFolded: 0, remainingBytes: -1, extentsWritten: 0, segmentsCommitted: 0, skipped: true };
+      throw wrap(err, `locking ${disk.vmId}/${disk.diskId} for compaction`);
+    }
+    const renew = setInterval(() => void lease.renewLease().catch(() => undefined), (COMPACT_LEASE_SECONDS * 1000) / 3);
+    try {
+      return await this.compactUnlocked(disk, sizeBytes, options);
+    } finally {
+      clearInterval(renew);
+      await lease.releaseLease().catch(() => undefined);
+    }
+  }
+
+  private async compactUnlocked(disk: DiskRef, sizeBytes: number, options: CompactOptions): Promise<CompactStats> {
     const total: CompactStats = { entriesFolded: 0, bytesFolded: 0, remainingBytes: 0, extentsWritten: 0, segmentsCommitted: 0 };
     const maxBytes = options.maxBytes ?? COMPACT_PASS_BYTES;
     for (let pass = 0; ; pass++) {
@@ -444,8 +473,12 @@ export class BlobDiskStore implements DiskStore {
   async delete(disk: DiskRef): Promise<void> {
     try {
       for await (const item of this.container.listBlobsFlat({ prefix: diskBlobPrefix(disk.vmId, disk.diskId) })) {
-        await this.container.deleteBlob(item.name, { deleteSnapshots: 'include' }).catch((err: unknown) => {
-          if (statusOf(err) !== 404) throw err;
+        await this.container.deleteBlob(item.name, { deleteSnapshots: 'include' }).catch(async (err: unknown) => {
+          if (statusOf(err) === 404) return;
+          if (statusOf(err) !== 412) throw err;
+          // The compaction lock of a compactor still running: break its lease, then delete.
+          await this.container.getBlobClient(item.name).getBlobLeaseClient().breakLease(0);
+          await this.container.deleteBlob(item.name);
         });
       }
     } catch (err) {

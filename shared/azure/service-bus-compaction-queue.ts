@@ -7,8 +7,10 @@ export class ServiceBusCompactionQueue implements CompactionQueue {
 
   constructor(private readonly connectionString: string, private readonly queue = COMPACTIONS_QUEUE) {}
 
-  async request(message: CompactionRequest): Promise<void> {
+  async request(message: CompactionRequest, delayMs = 0): Promise<void> {
     this.sender ??= new ServiceBusClient(this.connectionString).createSender(this.queue);
-    await this.sender.sendMessages({ body: message, contentType: 'application/json', sessionId: compactionSessionId(message) });
+    const msg = { body: message, contentType: 'application/json', sessionId: compactionSessionId(message) };
+    if (delayMs > 0) await this.sender.scheduleMessages(msg, new Date(Date.now() + delayMs));
+    else await this.sender.sendMessages(msg);
   }
 }

@@ -8,7 +8,7 @@
 export const COMPACTIONS_QUEUE = 'compactions';
 
 /** Pending log bytes of a disk at which the apply function asks for a compaction. */
-export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 256) * 1024 * 1024;
+export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 512) * 1024 * 1024;
 
 export interface CompactionRequest {
   vmId: string;
@@ -16,7 +16,8 @@ export interface CompactionRequest {
 }
 
 export interface CompactionQueue {
-  request(message: CompactionRequest): Promise<void>;
+  /** Asks now, or after `delayMs` (a scheduled message). */
+  request(message: CompactionRequest, delayMs?: number): Promise<void>;
 }
 
 export function compactionSessionId(message: CompactionRequest): string {

@@ -59,6 +59,8 @@ export interface CompactOptions {
   minBytes?: number;
   /** Fold only entries up to this position (a pending capture's tag). */
   upTo?: LogPosition;
+  /** Run only if no other exclusive compaction of the disk is running (background compaction). */
+  exclusive?: boolean;
 }
 
 export interface DiskLogState {
@@ -75,6 +77,8 @@ export interface CompactStats {
   remainingBytes: number;
   extentsWritten: number;
   segmentsCommitted: number;
+  /** An exclusive compaction found another one running and did nothing. */
+  skipped?: boolean;
 }
 
 export interface DiskStore {

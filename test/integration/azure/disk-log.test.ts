@@ -187,4 +187,30 @@ describe('BlobDiskStore delta log (Azurite)', () => {
     expect((await store.read(d, size, 0, size)).equals(model)).toBe(true);
     expect(atTag.equals(model)).toBe(false);
   });
+
+  it('one exclusive compaction per disk: a second finds the lease held and does nothing; delete breaks the lease', async () => {
+    const d = disk();
+    const model = Buffer.alloc(size);
+    await seeded(d, model);
+    const records = churn(rng(17), size, 16);
+    await store.apply(d, size, records, { position: { epoch: 1, sequence: 2 } });
+    applyToModel(model, records);
+    const lock = container.getBlockBlobClient(`${d.vmId}/${d.diskId}/log-lock`);
+    await lock.upload('', 0);
+    const held = lock.getBlobLeaseClient();
+    await held.acquireLease(15);
+    const second = await store.compact(d, size, { all: true, exclusive: true });
+    expect(second.skipped).toBe(true);
+    expect(await store.listLog(d)).toHaveLength(1);
+    await held.releaseLease();
+    const first = await store.compact(d, size, { all: true, exclusive: true });
+    expect(first.skipped).toBeUndefined();
+    expect(first.entriesFolded).toBe(1);
+    expect((await store.read(d, size, 0, size)).equals(model)).toBe(true);
+    await lock.getBlobLeaseClient().acquireLease(15); // a compactor still running
+    await store.delete(d);
+    const left: string[] = [];
+    for await (const b of container.listBlobsFlat({ prefix: `${d.vmId}/${d.diskId}/` })) left.push(b.name);
+    expect(left).toEqual([]);
+  });
 });
