@@ -21,14 +21,21 @@
  *
  * When the cloud is unreachable, sends are retried with backoff and batches pile up on disk;
  * `waitForRoom` makes producers pause (never drop) once `maxBytes` is reached.
+ *
+ * A full cache disk (ENOSPC, EDQUOT) pauses the agent the same way: a batch that cannot be
+ * written stays in memory (nothing is dropped), `waitForRoom` holds producers back and `sync()`
+ * (the agent's checkpoint) waits until every batch it covers is written or sent. The pause and
+ * the resume are logged once each. Draining never depends on free space: a send needs no new
+ * write except the reservation, and for that (and `sent.json`) the outbox keeps a small ballast
+ * file it gives up when the disk is full; `sent.json` is only an optimisation (a stale one
+ * means duplicate markers after a crash) and a failed save of it is skipped.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { envelopeFor, type OutgoingBatch } from '../../shared/codec/envelope';
 import { STAGING_CONTAINER } from '../../shared/domain/envelope';
 import type { Logger } from '../log';
 import { errorMessage } from './errors';
-import { writeFileAtomic } from './files';
 import type { Throttle } from './token-bucket';
 
 /** Where sealed batches go: Storage for staged payloads, Service Bus for the messages. */
@@ -49,6 +56,10 @@ interface Entry {
   seq: number;
   /** Set once the batch is on disk. */
   file: string | null;
+  /** The file is fsynced. */
+  durable?: boolean;
+  /** Sent (or dropped as stale): nothing more to write. */
+  gone?: boolean;
   size: number;
   /** The sealed bytes while in memory (always until it is on disk). */
   sealed: Buffer | null;
@@ -81,7 +92,35 @@ export interface OutboxOptions {
   memoryBudgetBytes?: number;
   bucket?: Throttle;
   log?: Logger;
+  /**
+   * Every file the outbox writes goes through this (temp file, optional fsync, rename); tests
+   * inject one that fails with ENOSPC. Default: the real file system.
+   */
+  writeFile?: (file: string, data: Uint8Array | string, fsync: boolean) => void;
 }
+
+/** ENOSPC or EDQUOT: the cache's file system (or the user's quota) is full. */
+export function isNoSpace(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/** Writes `data` to `file` through a temp file (removed if the write fails) and a rename. */
+export function writeFileReplacing(file: string, data: Uint8Array | string, fsync: boolean): void {
+  const tmp = `${file}.tmp`;
+  try {
+    writeFileSync(tmp, data, { mode: 0o600 });
+    if (fsync) fsyncFile(tmp);
+    renameSync(tmp, file);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Space the outbox keeps in reserve for its small state files when the disk fills up. */
+const BALLAST_BYTES = 32 * 1024;
+const MB = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;
 
 const name = (epoch: number, seq: number) => `${String(epoch).padStart(10, '0')}-${String(seq).padStart(20, '0')}.fryb`;
 const FILE_RE = /^(\d{10})-(\d{20})\.fryb$/;
@@ -113,12 +152,133 @@ export class Outbox {
   private closed = false;
   private readonly failing = new Set<string>();
   private sentSinceSave = 0;
+  /** Why producers are held back: the disk refused a write, or `maxBytes` was reached. */
+  private noSpace: string | null = null;
+  private overBound = false;
+  private pausedAt = 0;
+  /** `sync()` calls waiting for space or for their batches to be sent. */
+  private blockedSyncs = 0;
+  private readonly spaceWaiters: (() => void)[] = [];
   readonly stats: OutboxStats = { sentBatches: 0, sentBytes: 0, spooledBytes: 0, pendingBatches: 0, retries: 0, offline: false };
 
   constructor(readonly dir: string, private readonly transport: CloudTransport, private readonly options: OutboxOptions) {
     this.stageSlots = options.threads;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.load();
+    this.makeBallast();
+  }
+
+  private get ballastFile(): string {
+    return join(this.dir, 'ballast');
+  }
+
+  private writeFile(file: string, data: Uint8Array | string, fsync: boolean): void {
+    (this.options.writeFile ?? writeFileReplacing)(file, data, fsync);
+  }
+
+  /**
+   * (Re)creates the ballast; false if the disk has no room for it (still full). It is made only
+   * when twice its size fits, so that giving it up and taking it back cannot alternate at every
+   * reservation while the disk stays nearly full.
+   */
+  private makeBallast(): boolean {
+    if (existsSync(this.ballastFile)) return true;
+    const probe = join(this.dir, 'ballast-probe');
+    try {
+      this.writeFile(probe, Buffer.alloc(2 * BALLAST_BYTES, 0xba), false);
+      rmSync(probe, { force: true });
+      this.writeFile(this.ballastFile, Buffer.alloc(BALLAST_BYTES, 0xba), false);
+      return true;
+    } catch (err) {
+      if (!isNoSpace(err)) throw err;
+      return false;
+    }
+  }
+
+  /**
+   * Writes one of the small state files; on a full disk gives up the ballast and tries once
+   * more. Throws ENOSPC only if even that did not make room.
+   */
+  private writeStateFile(file: string, data: string, fsync: boolean): void {
+    try {
+      this.writeFile(file, data, fsync);
+    } catch (err) {
+      if (!isNoSpace(err) || !existsSync(this.ballastFile)) throw err;
+      this.noteNoSpace(err); // the disk is full: producers pause until the ballast fits again
+      rmSync(this.ballastFile, { force: true });
+      this.writeFile(file, data, fsync);
+    }
+  }
+
+  /** Whether producers are held back (a full disk or the `--cache-max-gb` bound). */
+  get paused(): boolean {
+    return this.noSpace !== null || this.overBound;
+  }
+
+  private fsUsage(): string {
+    try {
+      const s = statfsSync(this.dir);
+      const total = s.blocks * s.bsize;
+      return `its file system has ${MB(s.bavail * s.bsize)} free of ${MB(total)}`;
+    } catch {
+      return 'its file system could not be measured';
+    }
+  }
+
+  private setPaused(update: () => void): void {
+    const was = this.paused;
+    update();
+    if (!was && this.paused) {
+      this.pausedAt = Date.now();
+      const waiting = `${this.stats.pendingBatches} batches (${MB(this.bytes)}) wait to be sent`;
+      if (this.noSpace !== null) {
+        this.options.log?.warn(
+          { cache: this.dir, err: this.noSpace, pendingBatches: this.stats.pendingBatches, pendingBytes: this.bytes },
+          `cache ${this.dir} full (${this.noSpace}): ${this.fsUsage()}; ${waiting}. The agent pauses: no new batches until sends free space; nothing is dropped. Free space on that file system or give --cache-dir a larger one.`,
+        );
+      } else {
+        this.options.log?.warn(
+          { cache: this.dir, pendingBatches: this.stats.pendingBatches, pendingBytes: this.bytes, maxBytes: this.options.maxBytes },
+          `cache ${this.dir} full: it holds ${MB(this.bytes)}, its bound (--cache-max-gb) is ${MB(this.options.maxBytes)}; ${waiting}. The agent pauses: no new batches until sends bring it under ${MB(this.resumeBytes)}; nothing is dropped. Raise --cache-max-gb if the cloud is often unreachable this long.`,
+        );
+      }
+    } else if (was && !this.paused) {
+      this.options.log?.info({ cache: this.dir, pausedMs: Date.now() - this.pausedAt, pendingBytes: this.bytes }, `cache ${this.dir} has room again after ${((Date.now() - this.pausedAt) / 1000).toFixed(1)} s; the agent resumes`);
+      for (const w of this.roomWaiters.splice(0)) w();
+    }
+  }
+
+  /** Below this, a cache paused at its bound lets producers go on (no pause/resume per batch). */
+  private get resumeBytes(): number {
+    return Math.floor(this.options.maxBytes * 0.75);
+  }
+
+  private noteNoSpace(err: unknown): void {
+    const e = err as NodeJS.ErrnoException;
+    this.setPaused(() => (this.noSpace = `${e.code ?? 'ENOSPC'} writing ${e.path ?? 'a file'}`));
+  }
+
+  /** Resolves at the next send (which may free space) or after `ms`. */
+  private spaceEvent(ms = 1000): Promise<void> {
+    return new Promise<void>((r) => {
+      const t = setTimeout(r, ms);
+      this.spaceWaiters.push(() => {
+        clearTimeout(t);
+        r();
+      });
+    });
+  }
+
+  /**
+   * After a send, and every second while producers wait: a full disk has room again once the
+   * ballast fits and the batches over the memory budget are written.
+   */
+  private checkRoom(): void {
+    if (this.noSpace !== null && this.blockedSyncs === 0 && !this.closed) {
+      if (this.makeBallast() && (this.memBytes <= this.memoryBudget || this.spill(false))) this.setPaused(() => (this.noSpace = null));
+    }
+    if (this.overBound && this.bytes <= this.resumeBytes) this.setPaused(() => (this.overBound = false));
+    if (!this.paused) for (const w of this.roomWaiters.splice(0)) w();
   }
 
   private get sentFile(): string {
@@ -207,7 +367,23 @@ export class Outbox {
 
   /** Resolves when the cache is below its bound (the agent pauses here rather than drop). */
   async waitForRoom(): Promise<void> {
-    while (this.bytes >= this.options.maxBytes && !this.closed) await new Promise<void>((r) => this.roomWaiters.push(r));
+    for (;;) {
+      if (this.closed) return;
+      if (!this.overBound && this.bytes >= this.options.maxBytes) this.setPaused(() => (this.overBound = true));
+      if (!this.paused) return;
+      await new Promise<void>((r) => {
+        const t = setTimeout(() => {
+          const i = this.roomWaiters.indexOf(r);
+          if (i >= 0) this.roomWaiters.splice(i, 1);
+          r();
+        }, 1000);
+        this.roomWaiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+      this.checkRoom(); // space freed outside the outbox is noticed here
+    }
   }
 
   /**
@@ -227,42 +403,87 @@ export class Outbox {
     this.bytes += sealed.length;
     this.stats.pendingBatches++;
     this.stats.spooledBytes = this.bytes;
-    if (this.memBytes > this.memoryBudget) this.spill(false);
+    if (this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
     this.kick(diskId);
   }
 
   private writeEntry(e: Entry, fsync: boolean): void {
-    if (e.file || !e.sealed) return;
+    if (e.gone) return;
+    if (e.file) {
+      if (fsync && !e.durable) {
+        fsyncFile(e.file);
+        e.durable = true;
+      }
+      return;
+    }
+    if (!e.sealed) return;
     const ddir = join(this.dir, e.diskId);
     mkdirSync(ddir, { recursive: true, mode: 0o700 });
     const file = join(ddir, name(e.epoch, e.seq));
-    const tmp = `${file}.tmp`;
-    writeFileSync(tmp, e.sealed, { mode: 0o600 });
-    if (fsync) fsyncFile(tmp);
-    renameSync(tmp, file);
+    this.writeFile(file, e.sealed, fsync);
     e.file = file;
+    e.durable = fsync;
   }
 
-  /** Moves the newest in-memory batches to disk until memory is within budget (all with `all`). */
-  private spill(all: boolean): void {
+  /**
+   * Moves the newest in-memory batches to disk until memory is within budget. On a full disk
+   * the rest stay in memory, producers pause, and it returns false.
+   */
+  private spill(fsync: boolean): boolean {
     const inMemory = [...this.disks.values()].flatMap((q) => [...q.entries.values()]).filter((e) => e.sealed && !e.file);
     inMemory.sort((a, b) => b.seq - a.seq); // the last to be sent go to disk first
     for (const e of inMemory) {
-      if (!all && this.memBytes <= this.memoryBudget) break;
-      this.writeEntry(e, all);
+      if (this.memBytes <= this.memoryBudget) break;
+      try {
+        this.writeEntry(e, fsync);
+      } catch (err) {
+        if (!isNoSpace(err)) throw err;
+        this.noteNoSpace(err);
+        return false;
+      }
       this.memBytes -= e.size;
       e.sealed = null; // a staging upload in progress holds its own reference
     }
+    return true;
   }
 
-  /** Makes every queued batch durable: written and fsynced (the agent's checkpoint waits for this). */
-  sync(): void {
-    for (const q of this.disks.values()) {
-      for (const e of q.entries.values()) if (!e.file) this.writeEntry(e, true);
+  /**
+   * Makes every queued batch durable: written and fsynced, or sent (the agent's checkpoint
+   * waits for this). On a full disk it waits, the agent with it, until each batch is sent or
+   * fits: the pause.
+   */
+  async sync(): Promise<void> {
+    const todo = [...this.disks.values()].flatMap((q) => [...q.entries.values()]).filter((e) => !e.durable);
+    let blocked = false;
+    try {
+      for (;;) {
+        let full = false;
+        for (const e of todo) {
+          try {
+            this.writeEntry(e, true);
+          } catch (err) {
+            if (!isNoSpace(err)) throw err;
+            this.noteNoSpace(err);
+            full = true;
+            break;
+          }
+        }
+        if (!full || this.closed) break;
+        if (!blocked) {
+          blocked = true;
+          this.blockedSyncs++;
+        }
+        await this.spaceEvent();
+      }
+    } finally {
+      if (blocked) this.blockedSyncs--;
     }
-    this.saveSeq(this.sentFile, (q) => q.lastSent, false);
+    const lost = todo.filter((e) => !e.gone && !e.durable).length;
+    if (lost > 0) throw new Error(`The cache ${this.dir} was closed while full: ${lost} batches are neither sent nor on disk, so this checkpoint cannot be saved.`);
+    this.saveSent();
     const dirs = [...this.disks.keys()].map((d) => join(this.dir, d)).filter((d) => existsSync(d));
     for (const d of dirs) fsyncFile(d);
+    if (blocked) this.checkRoom();
   }
 
   private drop(e: Entry): void {
@@ -270,9 +491,11 @@ export class Outbox {
     this.bytes -= e.size;
     if (e.sealed) this.memBytes -= e.size;
     e.sealed = null;
+    e.gone = true;
     this.stats.pendingBatches--;
     this.stats.spooledBytes = this.bytes;
-    if (this.bytes < this.options.maxBytes) for (const w of this.roomWaiters.splice(0)) w();
+    for (const w of this.spaceWaiters.splice(0)) w();
+    this.checkRoom();
   }
 
   /** Resolves when nothing is left to send. */
@@ -292,7 +515,11 @@ export class Outbox {
     for (const e of q.entries.values()) if (!e.staged) e.staged = this.stageEntry(e);
     if (q.running) return;
     q.running = true;
-    void this.drain(diskId, q).finally(() => {
+    void this.drain(diskId, q).catch((err: unknown) => {
+      // not a full disk (drain survives that): log it and try again shortly rather than crash
+      this.options.log?.error({ cache: this.dir, disk: diskId, err: errorMessage(err) }, `cache ${this.dir}: sending ${diskId} failed; retrying in 5 s`);
+      setTimeout(() => this.kick(diskId), 5000).unref();
+    }).finally(() => {
       q.running = false;
       if (q.entries.has(q.lastSent + 1) && !this.closed) this.kick(diskId);
       if (this.stats.pendingBatches === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -366,11 +593,26 @@ export class Outbox {
     });
   }
 
-  /** Raises the durable reservation so that `seq` may be sent. */
-  private reserve(q: DiskQueue & { reserved: number }, seq: number): void {
-    if (seq <= q.reserved) return;
-    q.reserved = seq + RESERVE_AHEAD - 1;
-    this.saveSeq(this.reservedFile, (d) => d.reserved, true);
+  /**
+   * Raises the durable reservation so that `seq` may be sent. On a full disk (even without the
+   * ballast) it waits for space and tries again: never sends beyond a durable reservation.
+   */
+  private async reserve(q: DiskQueue & { reserved: number }, seq: number): Promise<boolean> {
+    if (seq <= q.reserved) return true;
+    const before = q.reserved;
+    for (;;) {
+      if (this.closed) return false;
+      q.reserved = seq + RESERVE_AHEAD - 1;
+      try {
+        this.saveSeq(this.reservedFile, (d) => d.reserved, true);
+        return true;
+      } catch (err) {
+        q.reserved = before;
+        if (!isNoSpace(err)) throw err;
+        this.noteNoSpace(err);
+        await this.spaceEvent();
+      }
+    }
   }
 
   private async drain(diskId: string, q: DiskQueue & { reserved: number }): Promise<void> {
@@ -381,7 +623,7 @@ export class Outbox {
       const out = await e.staged;
       if (!out) return;
       if (q.entries.get(e.seq) !== e) continue; // replaced while staging
-      this.reserve(q, e.seq);
+      if (!(await this.reserve(q, e.seq))) return;
       const ok = await this.retrying(`send ${diskId} ${e.seq}`, async () => {
         if (out.stagedName === undefined) await this.options.bucket?.take(e.size);
         await this.transport.send({ body: out.envelope, contentType: 'application/json', sessionId: out.sessionId, messageId: out.messageId });
@@ -392,7 +634,16 @@ export class Outbox {
       this.stats.sentBatches++;
       this.stats.sentBytes += e.size;
       this.drop(e);
-      if (++this.sentSinceSave >= 32) this.saveSeq(this.sentFile, (d) => d.lastSent, false);
+      if (++this.sentSinceSave >= 32) this.saveSent();
+    }
+  }
+
+  /** Saves `sent.json`; skipped on a full disk (a stale one only costs duplicate markers after a crash). */
+  private saveSent(): void {
+    try {
+      this.saveSeq(this.sentFile, (d) => d.lastSent, false);
+    } catch (err) {
+      if (!isNoSpace(err)) throw err;
     }
   }
 
@@ -400,25 +651,43 @@ export class Outbox {
     const out: SeqFile = {};
     for (const [diskId, q] of this.disks) out[diskId] = { epoch: q.epoch, seq: pick(q) };
     if (file === this.sentFile) this.sentSinceSave = 0;
-    if (fsync) writeFileAtomic(file, JSON.stringify(out), 0o600);
-    else {
-      writeFileSync(`${file}.tmp`, JSON.stringify(out), { mode: 0o600 });
-      renameSync(`${file}.tmp`, file);
-    }
+    this.writeStateFile(file, JSON.stringify(out), fsync);
   }
 
   /**
    * A clean stop: everything unsent goes to disk, and the reservation falls back to what was
    * sent, so the next start needs no markers. A send still in flight keeps its file (it is
-   * re-sent, as a duplicate, on the next start).
+   * re-sent, as a duplicate, on the next start). On a full disk, batches that do not fit are
+   * left out (logged): they came after the agent's last checkpoint, so the next run reads them
+   * again, under the same sequences; the reservation is then kept as it was.
    */
   close(): void {
     if (!this.closed) {
       this.closed = true;
-      this.sync();
-      for (const q of this.disks.values()) q.reserved = q.lastSent;
-      this.saveSeq(this.reservedFile, (q) => q.reserved, true);
+      let unwritten = 0;
+      for (const q of this.disks.values()) {
+        for (const e of q.entries.values()) {
+          try {
+            this.writeEntry(e, true);
+          } catch (err) {
+            if (!isNoSpace(err)) throw err;
+            unwritten++;
+          }
+        }
+      }
+      this.saveSent();
+      for (const d of [...this.disks.keys()].map((x) => join(this.dir, x)).filter((x) => existsSync(x))) fsyncFile(d);
+      if (unwritten > 0) {
+        this.options.log?.warn({ cache: this.dir, unwritten }, `cache ${this.dir} full at stop: ${unwritten} unsent batches could not be written; the next run reads them again from the agent's last checkpoint`);
+      } else {
+        for (const q of this.disks.values()) q.reserved = q.lastSent;
+        try {
+          this.saveSeq(this.reservedFile, (q) => q.reserved, true);
+        } catch (err) {
+          if (!isNoSpace(err)) throw err; // the old reservation stands: markers on the next start
+        }
+      }
     }
-    for (const w of [...this.roomWaiters.splice(0), ...this.idleWaiters.splice(0), ...this.stageWaiters.splice(0)]) w();
+    for (const w of [...this.roomWaiters.splice(0), ...this.idleWaiters.splice(0), ...this.stageWaiters.splice(0), ...this.spaceWaiters.splice(0)]) w();
   }
 }

@@ -152,7 +152,7 @@ export class ProcessServer implements BatchSink {
   }
 
   async sync(vmId: string): Promise<void> {
-    this.outbox(vmId).sync();
+    await this.outbox(vmId).sync();
   }
 
   async stats(vmId: string): Promise<OutboxStats> {

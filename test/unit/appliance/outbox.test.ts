@@ -76,7 +76,7 @@ describe('Outbox', () => {
     await waitFor(() => box.stats.retries > 0, 'a failed attempt');
     expect(box.stats.offline).toBe(true);
     expect(box.acceptedThrough('disk0', 1)).toBe(5);
-    box.sync(); // what the agent's checkpoint does: everything handed over is now on disk
+    await box.sync(); // what the agent's checkpoint does: everything handed over is now on disk
     // a crash now: what is on disk at this moment is all the next start gets
     const crashed = join(dir, 'c-crashed');
     cpSync(path, crashed, { recursive: true });
