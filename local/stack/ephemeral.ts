@@ -24,6 +24,8 @@ export interface EphemeralStack extends StackEndpoints {
 export interface EphemeralStackOptions {
   settings?: Record<string, string>;
   servicebusConfig?: string;
+  /** Azurite writes every acknowledged change to disk before answering (local/stack/azurite-durable.ts). */
+  durableAzurite?: boolean;
   /** Also called with every output line. */
   onLine?: (name: string, line: string) => void;
 }
@@ -62,6 +64,7 @@ export async function startEphemeralStack(options: EphemeralStackOptions = {}): 
     masterKey,
     ...(options.servicebusConfig ? { servicebusConfig: options.servicebusConfig } : {}),
     ...(options.settings ? { settings: options.settings } : {}),
+    ...(options.durableAzurite ? { durableAzurite: true } : {}),
     sink: (name, line) => {
       logs.push(`[${name}] ${line}`);
       options.onLine?.(name, line);

@@ -34,6 +34,12 @@ export interface StackOptions {
   masterKey: string;
   /** Path of a Config.json for the emulator; default Ferry's own. */
   servicebusConfig?: string;
+  /**
+   * Azurite saves its metadata every 5 s, so a kill -9 loses the writes it acknowledged since;
+   * with this, it writes each change before answering, as Azure Storage keeps what it
+   * acknowledged (local/stack/azurite-durable.ts; the fault tests that kill Azurite).
+   */
+  durableAzurite?: boolean;
   /** Extra app settings for the host (they win over the computed ones). */
   settings?: Record<string, string>;
   sink: LineSink;
@@ -121,6 +127,7 @@ export class LocalStack {
         name: 'azurite',
         command: node,
         args: [
+          ...(this.options.durableAzurite ? ['-r', join(root, 'dist/local/stack/azurite-durable.js')] : []),
           require.resolve('azurite/dist/src/azurite.js', { paths: [root] }),
           '--location', azuriteDir,
           '--blobHost', '127.0.0.1', '--blobPort', String(ports.blob),
