@@ -3,7 +3,7 @@
  * failures become UNREACHABLE naming the endpoint and how to start the local stack.
  */
 import type { RotateKeyResult, VmView } from '../../shared/services/vms';
-import { ApplianceError } from './errors';
+import { ApplianceError, isApplianceError } from './errors';
 
 /** The API's own response types: the appliance reads exactly what the functions return. */
 export type { DiskView, RotateKeyResult, VmView } from '../../shared/services/vms';
@@ -36,14 +36,14 @@ export class CloudApi {
     this.base = trimmed.endsWith('/api') ? trimmed : `${trimmed}/api`;
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T & { code?: string; message?: string } }> {
+  private async call<T>(method: string, path: string, body?: unknown, timeoutMs = 30_000): Promise<{ status: number; body: T & { code?: string; message?: string } }> {
     let res: Response;
     try {
       res = await fetch(`${this.base}${path}`, {
         method,
         headers: { 'x-functions-key': this.functionKey, 'content-type': 'application/json' },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(30_000),
+        signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (err) {
       throw new ApplianceError('UNREACHABLE', `The Ferry API at ${this.base} is not reachable (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); start the local stack with npm start, or pass --api URL.`, { cause: err });
@@ -80,8 +80,9 @@ export class CloudApi {
     return r.body;
   }
 
-  async getVm(vmId: string): Promise<VmView> {
-    const r = await this.call<VmView>('GET', `/vms/${encodeURIComponent(vmId)}`);
+  /** `GET /api/vms/{vmId}`; `timeoutMs` (default 30 s) bounds the whole request. */
+  async getVm(vmId: string, timeoutMs?: number): Promise<VmView> {
+    const r = await this.call<VmView>('GET', `/vms/${encodeURIComponent(vmId)}`, undefined, timeoutMs);
     if (r.status === 404) throw new ApplianceError('NOT_ENABLED', `VM '${vmId}' is not enabled in the cloud at ${this.base}; run \`ferry enable --vm ${vmId} --disk PATH\`.`);
     if (r.status !== 200) this.fail(`Reading VM '${vmId}'`, r);
     return r.body;
@@ -131,7 +132,10 @@ export class CloudApi {
 
 /**
  * Polls the cloud until every disk's appliedSequence reaches `want[diskId]` (what
- * `replicate --once` waits for before it exits).
+ * `replicate --once` waits for before it exits). The wait is bounded by `timeoutMs` as a
+ * whole, each request included: while the cloud's storage or broker is away the API can take
+ * long to answer or answer 5xx, and the caller (the continuous agent's backpressure) must get
+ * control back on time, with an error that says the cloud could not be asked.
  */
 export async function waitApplied(
   api: CloudApi,
@@ -141,25 +145,39 @@ export async function waitApplied(
 ): Promise<VmView> {
   const deadline = Date.now() + (options.timeoutMs ?? 10 * 60_000);
   let delay = 100;
+  let unanswered: ApplianceError | undefined;
   for (;;) {
-    const vm = await api.getVm(vmId);
-    options.onPoll?.(vm);
-    const behind = Object.entries(want).filter(([diskId, seq]) => {
-      const disk = vm.disks.find((d) => d.diskId === diskId);
-      const epoch = options.epochs?.[diskId];
-      if (epoch !== undefined && (disk?.epoch ?? 0) !== epoch) return (disk?.epoch ?? 0) < epoch;
-      return (disk?.appliedSequence ?? 0) < seq;
-    });
-    // the disk rows and the VM's state are separate updates: when the initial copy (or a
-    // resync) is complete, also wait for the VM to leave initial-replication / resync-required
-    const settled = !options.initialComplete || (vm.state !== 'initial-replication' && vm.state !== 'resync-required');
-    if (behind.length === 0 && settled) return vm;
-    if (Date.now() > deadline) {
-      if (behind.length === 0) throw new ApplianceError('CLOUD_NOT_APPLIED', `VM '${vmId}' applied everything but is still in ${vm.state}.`);
-      const detail = behind.map(([diskId, seq]) => `${diskId} at ${vm.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0} of ${seq}`).join(', ');
-      throw new ApplianceError('CLOUD_NOT_APPLIED', `The cloud has not applied everything sent for VM '${vmId}' (${detail}); is the functions host running apply-batches?`);
+    let vm: VmView | undefined;
+    try {
+      vm = await api.getVm(vmId, Math.max(1000, Math.min(30_000, deadline - Date.now())));
+      unanswered = undefined;
+    } catch (err) {
+      // the API unreachable, slow or failing (5xx) is an outage: asked again until the deadline
+      if (!(isApplianceError(err) && (err.code === 'UNREACHABLE' || (err.code === 'API_ERROR' && / failed: 5\d\d\b/.test(err.message))))) throw err;
+      unanswered = err;
     }
-    await new Promise((r) => setTimeout(r, delay));
+    if (vm) {
+      options.onPoll?.(vm);
+      const v = vm;
+      const behind = Object.entries(want).filter(([diskId, seq]) => {
+        const disk = v.disks.find((d) => d.diskId === diskId);
+        const epoch = options.epochs?.[diskId];
+        if (epoch !== undefined && (disk?.epoch ?? 0) !== epoch) return (disk?.epoch ?? 0) < epoch;
+        return (disk?.appliedSequence ?? 0) < seq;
+      });
+      // the disk rows and the VM's state are separate updates: when the initial copy (or a
+      // resync) is complete, also wait for the VM to leave initial-replication / resync-required
+      const settled = !options.initialComplete || (v.state !== 'initial-replication' && v.state !== 'resync-required');
+      if (behind.length === 0 && settled) return v;
+      if (Date.now() > deadline) {
+        if (behind.length === 0) throw new ApplianceError('CLOUD_NOT_APPLIED', `VM '${vmId}' applied everything but is still in ${v.state}.`);
+        const detail = behind.map(([diskId, seq]) => `${diskId} at ${v.disks.find((d) => d.diskId === diskId)?.appliedSequence ?? 0} of ${seq}`).join(', ');
+        throw new ApplianceError('CLOUD_NOT_APPLIED', `The cloud has not applied everything sent for VM '${vmId}' (${detail}); is the functions host running apply-batches?`);
+      }
+    } else if (Date.now() > deadline) {
+      throw new ApplianceError('UNREACHABLE', `The cloud could not say what it applied for VM '${vmId}' in time: ${unanswered!.message}`, { cause: unanswered });
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, Math.min(delay, deadline + 1 - Date.now()))));
     delay = Math.min(1000, delay * 1.5);
   }
 }

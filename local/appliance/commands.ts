@@ -236,10 +236,14 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
     let unapplied: Record<string, number> | undefined;
     while (!options.signal?.aborted) {
       if (unapplied) {
-        await waitApplied(api, options.vm, unapplied, { timeoutMs: options.maxApplyWaitMs ?? 120_000 }).catch((err: unknown) => {
-          options.log?.warn({ err: errorMessage(err) }, 'the cloud is behind; going on');
+        // bounded as a whole: with the cloud away the pass goes on and the outbox spools (and says so)
+        let unreachable = false;
+        let vm = await waitApplied(api, options.vm, unapplied, { timeoutMs: options.maxApplyWaitMs ?? 120_000 }).catch((err: unknown) => {
+          unreachable = err instanceof ApplianceError && err.code === 'UNREACHABLE';
+          options.log?.warn({ err: errorMessage(err) }, unreachable ? 'the cloud API is unreachable; batches stay in the cache; going on' : 'the cloud is behind; going on');
+          return undefined;
         });
-        const vm = await api.getVm(options.vm).catch(() => undefined);
+        if (!vm && !unreachable) vm = await api.getVm(options.vm, 5000).catch(() => undefined);
         if (vm?.resync) {
           await resyncIfAsked(vm);
           unapplied = undefined;
