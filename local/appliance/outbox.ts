@@ -114,6 +114,8 @@ export function writeFileReplacing(file: string, data: Uint8Array | string, fsyn
     renameSync(tmp, file);
   } catch (err) {
     rmSync(tmp, { force: true });
+    const e = err as NodeJS.ErrnoException;
+    if (e && typeof e === 'object' && e.path === undefined) e.path = tmp; // a failed write names no file
     throw err;
   }
 }
@@ -230,7 +232,7 @@ export class Outbox {
     update();
     if (!was && this.paused) {
       this.pausedAt = Date.now();
-      const waiting = `${this.stats.pendingBatches} batches (${MB(this.bytes)}) wait to be sent`;
+      const waiting = `${this.stats.pendingBatches} batch(es) (${MB(this.bytes)}) waiting to be sent`;
       if (this.noSpace !== null) {
         this.options.log?.warn(
           { cache: this.dir, err: this.noSpace, pendingBatches: this.stats.pendingBatches, pendingBytes: this.bytes },
