@@ -178,10 +178,11 @@ export class MobilityAgent {
     const journal = readJournal(jdir, d.journal);
     const phase: ProgressEvent['phase'] = !d.initialComplete ? 'initial' : rescan ? 'rescan' : 'delta';
 
-    const flush = async (final: boolean): Promise<void> => {
+    /** Submits the builder's batch, if any; resolves whether it did. */
+    const flush = async (final: boolean): Promise<boolean> => {
       const finishing = final && !completeSent && phase === 'initial';
       const wantTag = final && tagId !== undefined;
-      if (builder.empty && !finishing && !wantTag && !(final && options.marker && stats.batches === 0)) return;
+      if (builder.empty && !finishing && !wantTag && !(final && options.marker && stats.batches === 0)) return false;
       const taken = builder.take();
       const complete = completeSent || finishing;
       const plain: PlainBatch = {
@@ -229,6 +230,7 @@ export class MobilityAgent {
         await checkpoint(false);
         lastCheckpoint = Date.now();
       }
+      return true;
     };
 
     const checkpoint = async (end: boolean): Promise<void> => {
@@ -291,8 +293,10 @@ export class MobilityAgent {
     }
 
     // 3. the last batch: the tag, the completion flag, or a marker
-    await flush(true);
-    this.batchPool.release(builder.buffer);
+    // the last batch's buffer is the sink's to release once submitted (a second release would
+    // put it in the pool twice, and two builders would then share it); released here only if
+    // there was nothing to submit
+    if (!(await flush(true))) this.batchPool.release(builder.buffer);
     await checkpoint(true);
     stats.initialComplete = d.initialComplete;
     return stats;
