@@ -43,6 +43,14 @@ export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): Buffer {
   return key;
 }
 
+/**
+ * Storage retries of the host: a few quick ones. The SDK's default (4 tries, 4 s doubling: up to
+ * 28 s of backoff on one request) outlived a message's session lock when storage blinked, so
+ * the batch was redelivered anyway, and kept an apply waiting long after storage was back.
+ * Service Bus redelivery is the longer retry.
+ */
+const BLOB_RETRY = { retryOptions: { maxTries: 4, retryDelayInMs: 500, maxRetryDelayInMs: 4000 } };
+
 let cached: (ApplyDeps & { captures: BlobCaptureStore }) | undefined;
 let cachedOperations: OperationDeps | undefined;
 
@@ -58,7 +66,7 @@ export function operationDeps(env: NodeJS.ProcessEnv = process.env): OperationDe
   if (!sb) throw new ConfigurationError('The app setting ServiceBusConnection is not set; set it to the Service Bus connection string.');
   cachedOperations = {
     ...base,
-    vhds: new BlobVhdStore(BlobServiceClient.fromConnectionString(storageConnectionString())),
+    vhds: new BlobVhdStore(BlobServiceClient.fromConnectionString(storageConnectionString(), BLOB_RETRY)),
     queue: new ServiceBusOperationQueue(sb),
   };
   return cachedOperations;
@@ -67,7 +75,7 @@ export function operationDeps(env: NodeJS.ProcessEnv = process.env): OperationDe
 export function applyDeps(): ApplyDeps & { captures: BlobCaptureStore } {
   if (cached) return cached;
   const cs = storageConnectionString();
-  const blobs = BlobServiceClient.fromConnectionString(cs);
+  const blobs = BlobServiceClient.fromConnectionString(cs, BLOB_RETRY);
   cached = {
     staging: new BlobStagingStore(blobs.getContainerClient(STAGING_CONTAINER)),
     state: TableStateStore.fromConnectionString(cs),

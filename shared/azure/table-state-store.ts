@@ -132,7 +132,8 @@ export class TableStateStore implements StateStore {
   constructor(private readonly table: TableClient) {}
 
   static fromConnectionString(connectionString: string, tableName = STATE_TABLE): TableStateStore {
-    return new TableStateStore(TableClient.fromConnectionString(connectionString, tableName, { allowInsecureConnection: true }));
+    // quick retries (as the host's blob clients, composition.ts): the SDK's default backoff (up to 64 s) outlived session locks
+    return new TableStateStore(TableClient.fromConnectionString(connectionString, tableName, { allowInsecureConnection: true, retryOptions: { maxRetries: 3, retryDelayInMs: 500, maxRetryDelayInMs: 4000 } }));
   }
 
   private ensureTable(): Promise<void> {
