@@ -1,5 +1,5 @@
 /** Small durable-file helpers: atomic replace (temp file, fsync, rename) with a mode. */
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -12,12 +12,19 @@ export function writeFileAtomic(file: string, data: string | Uint8Array, mode = 
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const fd = openSync(tmp, 'w', mode);
   try {
-    const buf = typeof data === 'string' ? Buffer.from(data) : data;
-    let pos = 0;
-    while (pos < buf.length) pos += writeSync(fd, buf, pos, buf.length - pos);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    try {
+      const buf = typeof data === 'string' ? Buffer.from(data) : data;
+      let pos = 0;
+      while (pos < buf.length) pos += writeSync(fd, buf, pos, buf.length - pos);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, file);
+  } catch (err) {
+    // a full disk (ENOSPC): the partial temp file would hold on to the space, and no one else
+    // knows its name to remove it
+    rmSync(tmp, { force: true });
+    throw err;
   }
-  renameSync(tmp, file);
 }

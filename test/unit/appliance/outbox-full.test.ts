@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sealBatch } from '../../../shared/codec/batch';
+import { writeFileAtomic } from '../../../local/appliance/files';
 import { Outbox, writeFileReplacing, type CloudTransport, type OutboxOptions } from '../../../local/appliance/outbox';
 import type { Logger } from '../../../local/log';
 import { waitFor } from '../../support/wait';
@@ -175,6 +176,16 @@ describe('Outbox on a full cache disk', () => {
     await box.idle();
     expect(t.sent.at(-1)!.seq).toBe(41);
     box.close();
+  });
+
+  it('a state file that does not fit leaves no partial temp file behind (it would keep the disk full)', () => {
+    const fs = smallFs('state');
+    const file = join(fs.dir, 'state.json');
+    writeFileAtomic(file, 'old');
+    const big = Buffer.alloc(CAPACITY * 2, 7);
+    const write = fs.writeFile ? () => fs.writeFile!(file, big, true) : () => writeFileAtomic(file, big);
+    expect(write).toThrow(/ENOSPC/);
+    expect(readdirSync(fs.dir).sort()).toEqual(['state.json']);
   });
 
   it('at the --cache-max-gb bound: pauses and says why, resumes below 3/4 of it, says so', async () => {
