@@ -119,11 +119,11 @@ export class FaultRig {
     return new Scenario(this, name);
   }
 
-  static async start(name: string, seed = Number(process.env.FERRY_FAULTS_SEED ?? 1)): Promise<FaultRig> {
+  static async start(name: string, seed = Number(process.env.FERRY_FAULTS_SEED ?? 1), stackOptions: { durableAzurite?: boolean } = {}): Promise<FaultRig> {
     const dir = mkdtempSync(join(tmpdir(), `ferry-fault-${name}-`));
     const journal = join(dir, 'applied.journal');
     writeFileSync(journal, '');
-    const stack = await startTestStack({ settings: { FERRY_FAULT_JOURNAL: journal } });
+    const stack = await startTestStack({ ...stackOptions, settings: { FERRY_FAULT_JOURNAL: journal } });
     const rig = new FaultRig(name, stack, dir, seed);
     mkdirSync(rig.stateDir, { recursive: true });
     return rig;
