@@ -517,13 +517,15 @@ export class Outbox {
     for (const e of q.entries.values()) if (!e.staged) e.staged = this.stageEntry(e);
     if (q.running) return;
     q.running = true;
+    let failed = false;
     void this.drain(diskId, q).catch((err: unknown) => {
       // not a full disk (drain survives that): log it and try again shortly rather than crash
+      failed = true;
       this.options.log?.error({ cache: this.dir, disk: diskId, err: errorMessage(err) }, `cache ${this.dir}: sending ${diskId} failed; retrying in 5 s`);
       setTimeout(() => this.kick(diskId), 5000).unref();
     }).finally(() => {
       q.running = false;
-      if (q.entries.has(q.lastSent + 1) && !this.closed) this.kick(diskId);
+      if (!failed && q.entries.has(q.lastSent + 1) && !this.closed) this.kick(diskId);
       if (this.stats.pendingBatches === 0) for (const w of this.idleWaiters.splice(0)) w();
     });
   }
