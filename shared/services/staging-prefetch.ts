@@ -41,8 +41,7 @@ export class PrefetchingStaging implements StagingStore {
     if (index < 0) return this.inner.get(name, maxBytes);
     this.fill(index);
     const p = this.started.get(name)?.blob ?? this.inner.get(name, maxBytes);
-    this.started.delete(name);
-    this.fill(index + 1);
+    this.started.delete(name); // the caller holds it now; the next get fetches further ahead
     return p;
   }
 
