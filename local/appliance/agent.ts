@@ -160,7 +160,12 @@ export class MobilityAgent {
       this.state.nextTagId++;
       saveVmState(this.stateDir, this.state);
     }
-    const disks = await Promise.all(this.runs.map((r) => this.passDisk(r, rescan, options, tagId)));
+    // every disk's pass ends before this one does (one failing must not leave the others
+    // running on behind an agent that goes back to its checkpoint)
+    const settled = await Promise.allSettled(this.runs.map((r) => this.passDisk(r, rescan, options, tagId)));
+    const failed = settled.find((x) => x.status === 'rejected');
+    if (failed) throw failed.reason;
+    const disks = settled.map((x) => (x as PromiseFulfilledResult<DiskPassStats>).value);
     return { ...(tagId !== undefined ? { tagId } : {}), disks };
   }
 

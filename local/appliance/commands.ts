@@ -16,11 +16,11 @@ import { isValidId } from '../../shared/domain/ids';
 import type { ConsistencyKind } from '../../shared/domain/wire-format';
 import { createLogger, type Logger } from '../log';
 import { functionKey, loadAppSettings } from '../settings';
-import { MobilityAgent, type PassResult, type ProgressEvent } from './agent';
+import { MobilityAgent, type PassOptions, type PassResult, type ProgressEvent } from './agent';
 import { AzureTransport } from './azure-transport';
 import { CloudApi, DEFAULT_API, waitApplied, type OperationType, type OperationView, type VmView } from './cloud-api';
 import { openSourceDisk, readFully } from './disk-io';
-import { ApplianceError, errorMessage } from './errors';
+import { ApplianceError, errorMessage, isApplianceError } from './errors';
 import type { CloudTransport } from './outbox';
 import { ProcessServer } from './process-server';
 import type { BatchSink } from './sink';
@@ -177,7 +177,31 @@ export interface ReplicateResult {
 export async function runAgent(options: RunOptions, sink: BatchSink): Promise<ReplicateResult> {
   const api = cloudApi(options);
   const first = await api.getVm(options.vm); // NOT_ENABLED / UNREACHABLE before any work
-  const agent = new MobilityAgent(options.stateDir, options.vm, sink, options.onProgress ? { onProgress: options.onProgress } : {});
+  const newAgent = () => new MobilityAgent(options.stateDir, options.vm, sink, options.onProgress ? { onProgress: options.onProgress } : {});
+  let agent = newAgent();
+  /**
+   * A pass, again from the last checkpoint while the process server restarts under it: a
+   * restarted process server lost what it had not made durable and re-sends sequences that may
+   * have left as empty markers, so everything since the checkpoint is read again (a new agent
+   * loads the checkpoint: fingerprints, journal positions, initial progress) and sent under the
+   * sequences the process server gives now.
+   */
+  const pass = async (passOptions: PassOptions): Promise<PassResult | undefined> => {
+    for (;;) {
+      try {
+        return await agent.pass(passOptions);
+      } catch (err) {
+        if (!(isApplianceError(err) && err.code === 'PROCESS_SERVER_RESTARTED')) throw err;
+        // stopping: the next start goes back to the checkpoint anyway
+        if (options.signal?.aborted && !options.once) return undefined;
+        options.log?.warn({ vm: options.vm }, 'the process server restarted: going back to the last checkpoint');
+        agent.close();
+        sink.restart?.();
+        agent = newAgent();
+        passOptions = { ...passOptions, rescan: true };
+      }
+    }
+  };
   /** A resync the cloud asks for (docs/resync.md): hash, compare, restart in the new epoch. */
   const resyncIfAsked = async (vm: VmView): Promise<void> => {
     const epoch = vm.resync?.epoch;
@@ -199,7 +223,7 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
   try {
     await resyncIfAsked(first);
     if (options.once) {
-      const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
+      const r = (await pass({ rescan: true, tag: 'crash-consistent' }))!;
       const want = Object.fromEntries(r.disks.map((d) => [d.diskId, d.lastSequence]));
       const vm = await waitApplied(api, options.vm, want, {
         initialComplete: r.disks.every((d) => d.initialComplete),
@@ -248,6 +272,7 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
           await resyncIfAsked(vm);
           unapplied = undefined;
         }
+        if (options.signal?.aborted) break; // stopped while waiting for the cloud: no further pass
       }
       const started = Date.now();
       const rescan = passes === 0 || started - lastRescan >= (options.rescanIntervalMs ?? 600_000);
@@ -256,13 +281,19 @@ export async function runAgent(options: RunOptions, sink: BatchSink): Promise<Re
         lastAppTag = started;
         tag = (await runPreTagHook(options.preTagHook, options.log)) ? 'app-consistent' : 'crash-consistent';
       }
-      last = await agent.pass({ rescan, marker: true, ...(tag ? { tag } : {}) });
+      const done = await pass({ rescan, marker: true, ...(tag ? { tag } : {}) });
+      if (!done) break;
+      last = done;
       if (rescan) lastRescan = started;
       if (tag) lastTag = started;
       unapplied = Object.fromEntries(last.disks.map((d) => [d.diskId, d.lastSequence]));
       passes++;
-      const st = await sink.stats(options.vm);
-      options.onPass?.(last, { lagMs: Date.now() - started, backlogBatches: st.pendingBatches, sentBytes: st.sentBytes });
+      // a process server restarted since the pass is found again by the next pass, which goes back to the checkpoint
+      const st = await sink.stats(options.vm).catch((err: unknown) => {
+        if (isApplianceError(err) && err.code === 'PROCESS_SERVER_RESTARTED') return undefined;
+        throw err;
+      });
+      options.onPass?.(last, { lagMs: Date.now() - started, backlogBatches: st?.pendingBatches ?? 0, sentBytes: st?.sentBytes ?? 0 });
       const wait = Math.max(0, interval - (Date.now() - started));
       await new Promise<void>((r) => {
         const onAbort = () => (clearTimeout(t), r());

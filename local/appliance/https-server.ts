@@ -11,8 +11,17 @@
  *        {meta, records}, then the data of the data records; 200 once durably spooled
  *   POST /v1/vms/{vm}/sync                               fsyncs the VM's spool
  *   GET  /v1/vms/{vm}/stats                              the VM's outbox figures
+ *
+ * An agent names its run (`x-ferry-agent-run`, random per start or return to its checkpoint)
+ * on every request: its next-sequence makes the disk that run's and drops batches an earlier
+ * run left beyond a gap; uploads of an earlier run are then refused with 409 STALE_RUN.
+ *
+ * Every answer carries `x-ferry-instance`, random per start of the process server. Batches it
+ * accepted but had not yet made durable (`sync`) die with it, and its outbox re-sends sequences
+ * that may have left as empty markers (outbox.ts), so an agent that sees the instance change
+ * must go back to its last checkpoint and ask for its next sequences again (remote-sink.ts).
  */
-import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -27,6 +36,17 @@ import { writeFileAtomic } from './files';
 import type { ProcessServer } from './process-server';
 
 export const DEFAULT_PROCESS_SERVER_PORT = 9443;
+/** The response header naming this run of the process server (see the top of this file). */
+export const INSTANCE_HEADER = 'x-ferry-instance';
+/** The request header naming the agent's run (process-server.ts, nextSequence). */
+export const RUN_HEADER = 'x-ferry-agent-run';
+
+function runOf(req: IncomingMessage): string | undefined {
+  const run = req.headers[RUN_HEADER];
+  if (run === undefined) return undefined;
+  if (typeof run !== 'string' || !/^[0-9a-f]{8,64}$/.test(run)) throw new HttpError(400, 'BAD_ARGUMENT', `The ${RUN_HEADER} header must be 8 to 64 hex digits.`);
+  return run;
+}
 
 export interface Certificate {
   key: string;
@@ -164,6 +184,7 @@ export interface ProcessServerHttpsOptions {
 
 export async function startHttpsProcessServer(server: ProcessServer, options: ProcessServerHttpsOptions): Promise<{ server: Server; port: number; url: string; certificate: Certificate; close(): Promise<void> }> {
   const certificate = await loadOrCreateCertificate(options.certDir);
+  const instance = randomBytes(12).toString('hex');
   const authorize = (req: IncomingMessage, vmId: string) => {
     const header = req.headers.authorization ?? '';
     const token = header.startsWith('Bearer ') ? header.slice(7) : '';
@@ -181,6 +202,7 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
     }
   };
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    res.setHeader(INSTANCE_HEADER, instance);
     const url = new URL(req.url ?? '/', 'https://x');
     const parts = url.pathname.split('/').filter(Boolean);
     if (req.method === 'GET' && url.pathname === '/v1/health') return send(res, 200, { status: 'ok' });
@@ -197,14 +219,14 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
       if (4 + n > body.length) throw new HttpError(400, 'BAD_BATCH', 'The batch header is truncated.');
       const head = parseBatchHead(body.subarray(4, 4 + n), body.length - 4 - n);
       if (head.meta.vmId !== vmId) throw new HttpError(400, 'BAD_BATCH', `The batch is for VM '${String(head.meta?.vmId)}', not '${vmId}'.`);
-      await server.submit({ meta: head.meta, records: head.records, data: body.subarray(4 + n) }, () => undefined);
+      await server.submit({ meta: head.meta, records: head.records, data: body.subarray(4 + n) }, () => undefined, runOf(req));
       return send(res, 200, { accepted: true, sequence: head.meta.sequence });
     }
     if (req.method === 'GET' && parts[3] === 'disks' && parts[4] && parts[5] === 'next-sequence') {
       const epoch = Number(url.searchParams.get('epoch') ?? '1');
       if (!isValidId(parts[4])) throw new HttpError(400, 'BAD_ARGUMENT', `'${parts[4]}' is not a valid disk id.`);
       if (!Number.isSafeInteger(epoch) || epoch < 1) throw new HttpError(400, 'BAD_ARGUMENT', `epoch must be a whole number of at least 1; got '${url.searchParams.get('epoch')}'.`);
-      return send(res, 200, { next: await server.nextSequence(vmId, parts[4], epoch) });
+      return send(res, 200, { next: await server.nextSequence(vmId, parts[4], epoch, runOf(req)) });
     }
     if (req.method === 'POST' && rest === 'sync') {
       await server.sync(vmId);
@@ -229,7 +251,7 @@ export async function startHttpsProcessServer(server: ProcessServer, options: Pr
         return;
       }
       const code = isApplianceError(err) ? err.code : (err as { code?: string }).code ?? 'INTERNAL';
-      const status = code === 'NOT_ENABLED' ? 404 : /^[A-Z_]+$/.test(code) && code !== 'INTERNAL' ? 400 : 500;
+      const status = code === 'NOT_ENABLED' ? 404 : code === 'STALE_RUN' ? 409 : /^[A-Z_]+$/.test(code) && code !== 'INTERNAL' ? 400 : 500;
       options.log?.warn({ err: errorMessage(err), url: req.url }, 'request failed');
       send(res, status, { code, message: errorMessage(err) });
     });

@@ -363,6 +363,27 @@ export class Outbox {
     return n;
   }
 
+  /**
+   * Drops the batches of `diskId` queued beyond a gap (`acceptedThrough` + 2 and later): left by
+   * an agent run that died with earlier uploads unfinished, they can never be sent in order, and
+   * the new run re-reads their changes from its checkpoint under the sequences from
+   * `acceptedThrough` + 1. Kept, they would be taken for replays of the new run's batches of the
+   * same numbers, whose content would then be lost. Returns how many were dropped.
+   */
+  dropBeyondGap(diskId: string, epoch: number): number {
+    const q = this.disks.get(diskId);
+    if (!q || q.epoch !== epoch) return 0;
+    const through = this.acceptedThrough(diskId, epoch);
+    let n = 0;
+    for (const [seq, e] of q.entries) {
+      if (seq <= through) continue;
+      q.entries.delete(seq);
+      this.drop(e);
+      n++;
+    }
+    return n;
+  }
+
   get spooledBytes(): number {
     return this.bytes;
   }

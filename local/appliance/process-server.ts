@@ -133,11 +133,26 @@ export class ProcessServer implements BatchSink {
     );
   }
 
-  async nextSequence(vmId: string, diskId: string, epoch: number): Promise<number> {
-    return this.outbox(vmId).acceptedThrough(diskId, epoch) + 1;
+  /**
+   * One past the newest batch accepted with no gap. With `run` (an agent's run id over HTTPS,
+   * remote-sink.ts) the agent starts a run from its checkpoint: the disk now belongs to that run,
+   * batches an earlier run left beyond a gap are dropped (outbox.ts, dropBeyondGap), and that
+   * run's uploads still arriving are refused (`submit`). Without `run`, only a look.
+   */
+  async nextSequence(vmId: string, diskId: string, epoch: number, run?: string): Promise<number> {
+    const outbox = this.outbox(vmId);
+    if (run !== undefined) {
+      this.runs.set(`${vmId}/${diskId}`, run);
+      const dropped = outbox.dropBeyondGap(diskId, epoch);
+      if (dropped > 0) this.options.log?.info({ vm: vmId, disk: diskId, dropped }, `VM ${vmId} ${diskId}: a new agent run; ${dropped} batch(es) an earlier run left beyond a gap dropped (re-sent from its checkpoint)`);
+    }
+    return outbox.acceptedThrough(diskId, epoch) + 1;
   }
 
-  async submit(plain: PlainBatch, release: () => void): Promise<void> {
+  /** The agent run that owns a disk (the last to ask for its next sequence with a run id). */
+  private readonly runs = new Map<string, string>();
+
+  async submit(plain: PlainBatch, release: () => void, run?: string): Promise<void> {
     const { vmId, diskId, epoch, sequence } = plain.meta;
     const { key, keyId } = this.vm(vmId);
     const outbox = this.outbox(vmId);
@@ -147,6 +162,11 @@ export class ProcessServer implements BatchSink {
       out = await this.pool.seal(plain, key, keyId);
     } finally {
       release();
+    }
+    // checked after sealing: a new run may have taken the disk meanwhile
+    const owner = this.runs.get(`${vmId}/${diskId}`);
+    if (run !== undefined && owner !== undefined && owner !== run) {
+      throw new ApplianceError('STALE_RUN', `Batch ${sequence} of VM '${vmId}' ${diskId} comes from an agent run that another run of the agent has replaced; it is not queued.`);
     }
     outbox.put(diskId, epoch, sequence, out.sealed, out.message);
   }

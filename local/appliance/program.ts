@@ -195,7 +195,7 @@ export function buildProgram(): Command {
     try {
       const sink = new RemoteSink(o.processServer, o.stateDir, o.vm, o.fingerprint ? { fingerprint: o.fingerprint } : {});
       const r = await runAgent(
-        { api: o.api, stateDir: o.stateDir, vm: o.vm, once: !!o.once, intervalMs: parseDuration(o.interval, '--interval'), rescanIntervalMs: parseDuration(o.rescanInterval, '--rescan-interval'), onProgress: (e) => view.onProgress(e), onPass: liveLine(view), signal: stopSignal() },
+        { api: o.api, stateDir: o.stateDir, vm: o.vm, once: !!o.once, intervalMs: parseDuration(o.interval, '--interval'), rescanIntervalMs: parseDuration(o.rescanInterval, '--rescan-interval'), onProgress: (e) => view.onProgress(e), onPass: liveLine(view), signal: stopSignal(), log: createLogger('agent', { stream: process.stderr }) },
         sink,
       );
       view.stop();

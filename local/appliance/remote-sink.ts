@@ -5,8 +5,15 @@
  * connection trusts exactly that certificate, so a different server is refused before any
  * data is sent. While the process server is unreachable, submissions are retried (the agent
  * pauses; nothing is dropped).
+ *
+ * A restarted process server has lost what it accepted but had not made durable, and re-sends
+ * the sequences that may have left as empty markers (outbox.ts); sequences the agent goes on
+ * with could then be taken for replays and dropped. Every answer names the server's run
+ * (`x-ferry-instance`): once it changes, every call fails with PROCESS_SERVER_RESTARTED, even
+ * one that succeeded, until the agent has gone back to its last checkpoint and calls
+ * `restart()`; calls begun before that keep failing, so nothing of the abandoned pass gets in.
  */
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { request, type RequestOptions } from 'node:https';
 import type { TLSSocket } from 'node:tls';
@@ -16,6 +23,7 @@ import { ApplianceError, errorMessage } from './errors';
 import { writeFileAtomic } from './files';
 import type { OutboxStats } from './outbox';
 import type { BatchSink } from './sink';
+import { INSTANCE_HEADER, RUN_HEADER } from './https-server';
 import { loadVmState, vmDir } from './state';
 
 function normalizeFp(fp: string): string {
@@ -39,8 +47,16 @@ export class RemoteSink implements BatchSink {
   private readonly url: URL;
   private readonly token: string;
   private ca: string | undefined;
+  /** The process server's run this sink has talked to since it (re)started. */
+  private instance: string | undefined;
+  /** Set once the instance changed: every call fails until `restart()`. */
+  private lost: ApplianceError | undefined;
+  private generation = 0;
+  /** This run of the agent (new at every `restart()`), named on every request unless observing. */
+  private run = randomBytes(8).toString('hex');
 
-  constructor(processServerUrl: string, private readonly stateDir: string, private readonly vmId: string, private readonly options: { fingerprint?: string; retryForMs?: number } = {}) {
+  /** `observe`: a look at the process server (tests, tools) that names no agent run, so takes no disk over. */
+  constructor(processServerUrl: string, private readonly stateDir: string, private readonly vmId: string, private readonly options: { fingerprint?: string; retryForMs?: number; observe?: boolean } = {}) {
     this.url = new URL(processServerUrl);
     if (this.url.protocol !== 'https:') throw new ApplianceError('BAD_ARGUMENT', `--process-server must be an https:// URL; got ${processServerUrl}.`);
     this.token = loadVmState(stateDir, vmId).agentToken;
@@ -68,7 +84,21 @@ export class RemoteSink implements BatchSink {
     return pem;
   }
 
-  private async call<T>(method: string, path: string, body?: Buffer): Promise<T> {
+  restart(): void {
+    this.generation++;
+    this.run = randomBytes(8).toString('hex');
+    this.instance = undefined;
+    this.lost = undefined;
+  }
+
+  private restarted(gen: number): ApplianceError | undefined {
+    if (gen !== this.generation) return new ApplianceError('PROCESS_SERVER_RESTARTED', `A call to the process server at ${this.url.origin} begun before the agent went back to its checkpoint was abandoned.`);
+    return this.lost;
+  }
+
+  private async call<T>(method: string, path: string, body: Buffer | undefined, gen: number): Promise<T> {
+    const early = this.restarted(gen);
+    if (early) throw early;
     const ca = await this.pin();
     const opts: RequestOptions = {
       host: this.url.hostname,
@@ -78,13 +108,22 @@ export class RemoteSink implements BatchSink {
       ca,
       // the pinned certificate is the only trust anchor; its name need not match the host
       checkServerIdentity: () => undefined,
-      headers: { authorization: `Bearer ${this.token}`, ...(body ? { 'content-type': 'application/octet-stream', 'content-length': body.length } : {}) },
+      headers: { authorization: `Bearer ${this.token}`, ...(this.options.observe ? {} : { [RUN_HEADER]: this.run }), ...(body ? { 'content-type': 'application/octet-stream', 'content-length': body.length } : {}) },
     };
     return new Promise<T>((resolve, reject) => {
       const req = request(opts, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
+          const seen = res.headers[INSTANCE_HEADER];
+          if (typeof seen === 'string' && gen === this.generation && !this.lost) {
+            this.instance ??= seen;
+            if (seen !== this.instance) {
+              this.lost = new ApplianceError('PROCESS_SERVER_RESTARTED', `The process server at ${this.url.origin} restarted; batches it had accepted since the agent's last checkpoint may be lost, so the agent goes back to that checkpoint.`);
+            }
+          }
+          const late = this.restarted(gen);
+          if (late) return reject(late);
           const text = Buffer.concat(chunks).toString('utf8');
           let parsed: { code?: string; message?: string } = {};
           try {
@@ -93,7 +132,7 @@ export class RemoteSink implements BatchSink {
             // reported below
           }
           if (res.statusCode === 200) return resolve(parsed as T);
-          const code = res.statusCode === 401 ? 'UNAUTHORIZED' : res.statusCode === 404 && parsed.code === 'NOT_ENABLED' ? 'NOT_ENABLED' : 'API_ERROR';
+          const code = res.statusCode === 401 ? 'UNAUTHORIZED' : res.statusCode === 404 && parsed.code === 'NOT_ENABLED' ? 'NOT_ENABLED' : res.statusCode === 409 && parsed.code === 'STALE_RUN' ? 'STALE_RUN' : 'API_ERROR';
           reject(new ApplianceError(code, `Process server ${this.url.origin}: ${res.statusCode} ${parsed.message ?? text}`));
         });
       });
@@ -110,12 +149,13 @@ export class RemoteSink implements BatchSink {
   }
 
   /** Retries transport failures (the process server restarting) for a while; others fail at once. */
-  private async retrying<T>(fn: () => Promise<T>): Promise<T> {
+  private async retrying<T>(fn: (gen: number) => Promise<T>): Promise<T> {
+    const gen = this.generation;
     const deadline = Date.now() + (this.options.retryForMs ?? 10 * 60_000);
     let delay = 200;
     for (;;) {
       try {
-        return await fn();
+        return await fn(gen);
       } catch (err) {
         const transient = err instanceof ApplianceError && err.code === 'UNREACHABLE';
         if (!transient || Date.now() > deadline) throw err;
@@ -126,7 +166,7 @@ export class RemoteSink implements BatchSink {
   }
 
   async nextSequence(vmId: string, diskId: string, epoch: number): Promise<number> {
-    const r = await this.retrying(() => this.call<{ next: number }>('GET', `/v1/vms/${vmId}/disks/${diskId}/next-sequence?epoch=${epoch}`));
+    const r = await this.retrying((gen) => this.call<{ next: number }>('GET', `/v1/vms/${vmId}/disks/${diskId}/next-sequence?epoch=${epoch}`, undefined, gen));
     return r.next;
   }
 
@@ -137,15 +177,15 @@ export class RemoteSink implements BatchSink {
     head.copy(body, 4);
     plain.data.copy(body, 4 + head.length);
     release();
-    await this.retrying(() => this.call('POST', `/v1/vms/${plain.meta.vmId}/batches`, body));
+    await this.retrying((gen) => this.call('POST', `/v1/vms/${plain.meta.vmId}/batches`, body, gen));
   }
 
   async sync(vmId: string): Promise<void> {
-    await this.retrying(() => this.call('POST', `/v1/vms/${vmId}/sync`));
+    await this.retrying((gen) => this.call('POST', `/v1/vms/${vmId}/sync`, undefined, gen));
   }
 
   async stats(vmId: string): Promise<OutboxStats> {
-    return this.retrying(() => this.call<OutboxStats>('GET', `/v1/vms/${vmId}/stats`));
+    return this.retrying((gen) => this.call<OutboxStats>('GET', `/v1/vms/${vmId}/stats`, undefined, gen));
   }
 }
 

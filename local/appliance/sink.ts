@@ -18,4 +18,10 @@ export interface BatchSink {
   /** Flushes the spool of the VM to stable storage (before the agent saves its checkpoint). */
   sync(vmId: string): Promise<void>;
   stats(vmId: string): Promise<OutboxStats>;
+  /**
+   * Called when the agent goes back to its last checkpoint after the sink failed with
+   * PROCESS_SERVER_RESTARTED: calls made from here on start afresh (calls begun before keep
+   * failing, so nothing of the abandoned pass reaches the sink).
+   */
+  restart?(): void;
 }
