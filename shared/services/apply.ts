@@ -308,7 +308,16 @@ async function prepare(deps: ApplyDeps, env: BatchEnvelope, after?: Ready): Prom
       if (!isStagingTooLargeError(err)) throw err;
       return deadLetter('StagingBlobMismatch', `Batch for ${where}: ${err.message} The blob was overwritten or belongs to another batch; the appliance resends the batch.`, env);
     }
-    if (!blob) return deadLetter('StagingBlobMissing', `Batch for ${where}: its payload blob staging/${ref.name} does not exist.`, env);
+    if (!blob) {
+      // A racing apply of this same batch (a redelivery after a lost session lock) may have
+      // recorded it and removed its blob since the disk was read above: then it is a duplicate.
+      const now = await deps.state.getDisk(vmId, diskId);
+      const again = now ? decideBatch(now, { epoch: env.epoch, sequence: env.seq }).action : undefined;
+      if (now && (again === 'duplicate' || again === 'stale-epoch')) {
+        return { kind: 'duplicate', vmId, diskId, epoch: env.epoch, sequence: env.seq, appliedSequence: now.appliedSequence };
+      }
+      return deadLetter('StagingBlobMissing', `Batch for ${where}: its payload blob staging/${ref.name} does not exist.`, env);
+    }
     try {
       sealed = sealedBytesFrom(env, blob);
     } catch (err) {

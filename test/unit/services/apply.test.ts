@@ -81,6 +81,26 @@ describe('applyBatchMessage', () => {
     expect((await w.disks.read({ vmId: 'vm1', diskId: 'disk0' }, SIZE, 0, 1))[0]).toBe(7);
   });
 
+  it('a staged batch whose blob a racing apply of the same batch removed (after a lost session lock) completes as a duplicate, not StagingBlobMissing', async () => {
+    const body = await message(w, batch('disk0', 1, [big(0, 64 * KiB)]));
+    const get = w.staging.get.bind(w.staging);
+    let raced = false;
+    // the racing apply runs between this apply's read of the disk and its read of the blob
+    w.staging.get = async (name, maxBytes) => {
+      if (!raced) {
+        raced = true;
+        expect(await applyBatchMessage({ ...w.deps, staging: Object.assign(Object.create(w.staging), { get }) }, body)).toMatchObject({ kind: 'applied', sequence: 1 });
+        expect(w.staging.blobs.size).toBe(0);
+      }
+      return get(name, maxBytes);
+    };
+    const out = await applyBatchMessage(w.deps, body);
+    expect(out).toMatchObject({ kind: 'duplicate', sequence: 1, appliedSequence: 1 });
+    const vm = await getVm(w.deps, 'vm1');
+    expect(vm.state).not.toBe('resync-required');
+    expect(vm.healthReasons.map((r) => r.code)).not.toContain('DEAD_LETTERED');
+  });
+
   it('dead-letters a gap naming the missing sequence and requires a resync', async () => {
     const out = await applyBatchMessage(w.deps, await message(w, batch('disk0', 3, [data(0, 512, 1)])));
     expect(out).toMatchObject({ kind: 'dead-letter', reason: 'SequenceGap' });
