@@ -311,15 +311,18 @@ export class Scenario {
   }
 
   /**
-   * The end of a scenario: one last `--once` pass per VM through `sinkOf` (the agents and the
-   * churn must be stopped), then every cloud disk compared with its source byte for byte, the
+   * The end of a scenario: one last `--once` pass per VM (in parallel) through `agentSinkOf`
+   * (default `sinkOf`; the agents and the churn must be stopped), then every cloud disk
+   * compared with its source byte for byte, the
    * commit journal checked, the dead-letter queue read; the row is written and returned.
    */
-  async finish(vms: VmSpec[], sinkOf: (vmId: string) => BatchSink, extra: Partial<ScenarioRow> = {}): Promise<ScenarioRow> {
-    for (const vm of vms) {
-      const r = await runAgent({ ...this.rig.common, vm: vm.vmId, once: true, applyTimeoutMs: 180_000 }, sinkOf(vm.vmId));
-      if (r.state !== 'protected') this.notes.push(`${vm.vmId} ended ${r.state}`);
-    }
+  async finish(vms: VmSpec[], sinkOf: (vmId: string) => BatchSink, extra: Partial<ScenarioRow> = {}, agentSinkOf = sinkOf): Promise<ScenarioRow> {
+    await Promise.all(
+      vms.map(async (vm) => {
+        const r = await runAgent({ ...this.rig.common, vm: vm.vmId, once: true, applyTimeoutMs: 180_000 }, agentSinkOf(vm.vmId));
+        if (r.state !== 'protected') this.notes.push(`${vm.vmId} ended ${r.state}`);
+      }),
+    );
     let bytesLost = 0;
     let exact = 0;
     const disks = vms.flatMap((v) => v.disks);
@@ -439,7 +442,6 @@ export class SplitAppliance {
   readonly agents = new Map<string, SupervisedChild>();
   readonly lines: string[] = [];
   port = 0;
-  private readonly sinks = new Map<string, BatchSink>();
 
   constructor(private readonly rig: FaultRig) {
     rig.onStop(() => this.close());
@@ -472,15 +474,27 @@ export class SplitAppliance {
     await agent.start();
   }
 
-  /** The process server as the test talks to it (the agent's own HTTPS client and pinned certificate). */
-  readonly sinkOf = (vmId: string): BatchSink => {
-    let s = this.sinks.get(vmId);
-    if (!s) {
-      s = new RemoteSink(this.url, this.rig.stateDir, vmId);
-      this.sinks.set(vmId, s);
-    }
-    return s;
-  };
+  /**
+   * Starts the agent of `vm` again after a kill and waits until it is at work (its first pass
+   * was accepted beyond what the process server held at the start): a `ferry agent` still
+   * loading when the scenario stops it could not end its pass cleanly.
+   */
+  async restartAgent(vm: VmSpec): Promise<void> {
+    const before = await this.rig.accepted([vm], this.sinkOf);
+    await this.startAgent(vm.vmId);
+    await waitFor(async () => [...(await this.rig.accepted([vm], this.sinkOf))].some(([k, p]) => p.seq > (before.get(k)?.seq ?? 0)), `the restarted agent of ${vm.vmId} to make a pass`, { timeoutMs: 60_000, intervalMs: 100 });
+  }
+
+  /**
+   * The process server as the test talks to it (the agent's own HTTPS client and pinned
+   * certificate), only looking (it takes no disk over from the agents); a new client each
+   * time, as the process server is restarted between calls (a client refuses to go on with a
+   * restarted process server, remote-sink.ts).
+   */
+  readonly sinkOf = (vmId: string): BatchSink => new RemoteSink(this.url, this.rig.stateDir, vmId, { observe: true });
+
+  /** The sink of the final `--once` pass: an agent run of its own (it takes the disks over). */
+  readonly agentSinkOf = (vmId: string): BatchSink => new RemoteSink(this.url, this.rig.stateDir, vmId);
 
   /** Stops the agents (SIGTERM: each ends after its pass); returns a note for each that did not exit 0. */
   async stopAgents(): Promise<string[]> {
