@@ -71,19 +71,23 @@ describe('faults: the appliance cache', () => {
     async () => {
       const sc = await rig.scenario('cache-full').begin();
       const vms = await rig.makeVms('cf', SHAPE.vms, SHAPE.diskMiB);
-      // Real ENOSPC: the cache on a 1 MiB tmpfs. Without the right to mount (an unprivileged
-      // container), the cache's own bound (--cache-max-gb, here 1 MiB) is the full condition.
+      // Real ENOSPC: the cache on a small tmpfs (1 MiB short, 8 MiB full: four VMs churning
+      // 1 MiB/s would keep 1 MiB full even with the cloud up). Without the right to mount (an
+      // unprivileged container, or FERRY_TEST_NO_MOUNT=1), the cache's own bound (--cache-max-gb)
+      // is the full condition.
+      const cacheMiB = pick(1, 8);
       const cacheDir = join(rig.dir, 'cache-fs');
       mkdirSync(cacheDir, { recursive: true });
       let mounted = false;
       try {
-        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', cacheDir], { stdio: 'pipe' });
+        if (process.env.FERRY_TEST_NO_MOUNT) throw new Error('told not to mount');
+        execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${cacheMiB}m`, 'tmpfs', cacheDir], { stdio: 'pipe' });
         mounted = true;
         rig.onStop(async () => void execFileSync('umount', ['-l', cacheDir], { stdio: 'pipe' }));
       } catch {
-        sc.detail.push('no right to mount a tmpfs here: the full condition is the --cache-max-gb bound (1 MiB), not ENOSPC');
+        sc.detail.push(`no right to mount a tmpfs here: the full condition is the --cache-max-gb bound (${cacheMiB} MiB), not ENOSPC`);
       }
-      const app = new InProcessAppliance(rig, { cacheDir, ...(mounted ? {} : { cacheMaxBytes: 1024 * 1024 }) });
+      const app = new InProcessAppliance(rig, { cacheDir, ...(mounted ? {} : { cacheMaxBytes: cacheMiB * 1024 * 1024 }) });
       app.start(vms);
       const churn = rig.churn(vms, SHAPE.churnBytesPerSecond * 4);
       await allProtected(rig, vms);
