@@ -8,32 +8,13 @@
  */
 import { resolve } from 'node:path';
 import { createLogger } from '../log';
+import { surviveAmqpStackErrors } from '../sdk-errors';
 import { functionKey, loadAppSettings, projectRoot } from '../settings';
 import { startFunctionsHost } from './index';
 
-/**
- * Errors the Azure SDK's AMQP stack raises from its own timers or un-awaited promises (a link or
- * session close that times out while Service Bus is unreachable, and the like). Nothing in the
- * app can catch them; the real Functions host keeps running through them (its Service Bus
- * extension is .NET), so this host logs them and goes on. Anything else still ends the process.
- */
-function isAmqpStackError(err: unknown): boolean {
-  const stack = err instanceof Error ? `${err.name} ${err.stack ?? ''}` : '';
-  return /node_modules[\\/](rhea-promise|rhea|@azure[\\/]core-amqp|@azure[\\/]service-bus)[\\/]/.test(stack);
-}
-
 async function main(): Promise<void> {
   const logger = createLogger('host');
-  const survive = (kind: string) => (err: unknown): void => {
-    if (isAmqpStackError(err)) {
-      logger.warn({ err }, `${kind} from the Service Bus SDK (connection trouble); the host goes on`);
-      return;
-    }
-    logger.error({ err }, `${kind}: the host stops`);
-    process.exit(1);
-  };
-  process.on('uncaughtException', survive('uncaught exception'));
-  process.on('unhandledRejection', survive('unhandled rejection'));
+  surviveAmqpStackErrors(logger, 'the host');
   const appRoot = resolve(process.env.FERRY_APP_ROOT ?? projectRoot());
   const portText = process.env.FERRY_HOST_PORT ?? '7071';
   const port = Number(portText);
