@@ -3,7 +3,8 @@
  * properties, so an update shows), every blob in every container (with its ETag), and the
  * messages waiting on the non-session queues. Two snapshots are equal only if nothing was
  * written, apart from what the health-monitor timer writes on its own every minute (a VM
- * row's `lastHealth`, and so its ETag and Timestamp), which is left out.
+ * row's `lastHealth` and the `updatedAt` stamped with it, and so its ETag and Timestamp), which
+ * is left out.
  */
 import { ServiceBusClient } from '@azure/service-bus';
 import { TableClient, TableServiceClient } from '@azure/data-tables';
@@ -23,7 +24,7 @@ export async function snapshotStorage(stack: TestStack, queues: readonly string[
     const name = t.name!;
     const rows: string[] = [];
     for await (const e of TableClient.fromConnectionString(cs, name, { allowInsecureConnection: true }).listEntities()) {
-      const { etag: _etag, timestamp: _timestamp, lastHealth: _lastHealth, ...rest } = e as Record<string, unknown>;
+      const { etag: _etag, timestamp: _timestamp, lastHealth: _lastHealth, updatedAt: _updatedAt, ...rest } = e as Record<string, unknown>;
       rows.push(JSON.stringify(rest));
     }
     tables[name] = rows.sort();
