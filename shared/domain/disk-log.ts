@@ -128,13 +128,6 @@ export function decodeLogEntry(entry: Buffer, diskSizeBytes: number): ExtentWrit
   return mergeExtentWrites([writes]);
 }
 
-/** Bytes of written data (data and zero pieces) in extent writes. */
-export function writtenBytes(writes: readonly ExtentWrite[]): number {
-  let n = 0;
-  for (const w of writes) for (const p of w.pieces) n += p.length;
-  return n;
-}
-
 /**
  * Whether writes are sparse enough to go to the log: rewriting their extents would upload more
  * than `factor` times the bytes they write. Full extents (initial replication) never are.
