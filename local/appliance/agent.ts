@@ -267,9 +267,15 @@ export class MobilityAgent {
       stats.zeroBytes += length;
     };
 
-    // 1. the change journal: exactly the written sectors; fingerprints of the touched blocks follow
+    // 1. the change journal: exactly the written sectors; fingerprints of the touched blocks follow.
+    // Not in a rescan: the scan below reads every block anyway, and the journal path would refresh
+    // a touched block's fingerprint from its whole current content, so a write that bypassed
+    // TrackedDisk in the same 64 KiB block would look replicated and be skipped by the scan (seen
+    // under load: migrate's final pass lost a plain file write next to pending churn). In a rescan
+    // the fingerprint keeps meaning "what the cloud has", and a touched block that differs is sent
+    // whole; the journal is consumed all the same.
     for (const range of journal.ranges) stats.dirtyBytes += range.length;
-    await this.sendDirty(r, journal.ranges.map((x) => ({ ...x })), addData, addZero);
+    if (phase !== 'rescan') await this.sendDirty(r, journal.ranges.map((x) => ({ ...x })), addData, addZero);
 
     // 2. the initial copy (resumed) or a rescan; records of a batch must be sorted, so the
     // journal's batch is closed first

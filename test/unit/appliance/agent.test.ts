@@ -174,6 +174,39 @@ describe('MobilityAgent', () => {
     expect(sink.models.get('disk0')!.equals(img)).toBe(true);
   });
 
+  it('a rescan after TrackedDisk writes and a plain write to the same 64 KiB blocks sends both (the journal does not vouch for the rest of a block)', async () => {
+    // Found by CI under load: churn through TrackedDisk, then a plain write into blocks the churn
+    // had touched, then `replicate --once` (a rescan): the journal path refreshed the blocks'
+    // fingerprints from their whole content, so the scan skipped the plain write.
+    const stateDir = join(dir, 's-mixed');
+    const path = join(dir, 'mixed.img');
+    const img = diskImage(path, 8 * MiB, 31);
+    enableLocally(stateDir, 'vmm', [{ path, size: img.length }]);
+    const sink = new ModelSink();
+    const first = new MobilityAgent(stateDir, 'vmm', sink);
+    await first.pass({ tag: 'crash-consistent' });
+    first.close();
+    const disk = TrackedDisk.open(path, stateDir);
+    for (const off of [2 * MiB, 2 * MiB + 65536 + 512, 5 * MiB + 4096]) {
+      const data = Buffer.alloc(4096, 0xa1);
+      disk.write(off, data);
+      data.copy(img, off);
+    }
+    disk.close();
+    // plain writes (not through TrackedDisk) into the same blocks, beside the tracked sectors
+    img.fill(0x77, 2 * MiB + 8192, 2 * MiB + 12288);
+    img.fill(0x78, 5 * MiB + 32768, 5 * MiB + 65536);
+    writeFileSync(path, img);
+    const agent = new MobilityAgent(stateDir, 'vmm', sink);
+    const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
+    expect(sink.models.get('disk0')!.equals(img)).toBe(true);
+    expect(r.disks[0]!.dataBytes).toBe(3 * 65536); // the three touched blocks, whole
+    // and nothing is sent twice afterwards: the journal is consumed, the fingerprints are right
+    const again = await agent.pass({ rescan: true, tag: 'crash-consistent' });
+    agent.close();
+    expect(again.disks[0]!.dataBytes).toBe(0);
+  });
+
   it('a sink that releases a batch buffer as soon as it has copied it (the HTTPS client): two disks changing between passes stay exact', async () => {
     // Found by the fault suite (split roles): the end of a disk's pass released its last batch's
     // buffer to the pool a second time after the sink had released it, so two builders later
