@@ -412,7 +412,7 @@ describe('apply on hostile message streams (in-memory stores)', () => {
         }
         await checkEnd(w, planned, outcomes);
       }),
-      { numRuns: 250 },
+      { numRuns: 250, seed: 20261126 },
     );
     expect(deadLetters).toBeGreaterThan(400); // about 1,000 expected: the bad kinds are exercised, not skipped
   });
