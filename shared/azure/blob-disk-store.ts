@@ -366,14 +366,16 @@ export class BlobDiskStore implements DiskStore {
     try {
       await runLimited(writes, STAGE_CONCURRENCY, async (w) => {
         const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
-        const content = await this.extentContent(blob, w, currentId, stats, what);
-        const id = w.allZero ? zeroBlockId(w.extentLength) : contentBlockId(content);
+        // a zero extent is named without its bytes, which are made only if the block is staged here
+        const content = w.allZero ? undefined : await this.extentContent(blob, w, currentId, stats, what);
+        const id = content ? contentBlockId(content) : zeroBlockId(w.extentLength);
         if (id === currentId) return; // unchanged: a redelivered batch lands here
         ids[w.blockIndex] = id;
         if (staged.has(id)) return;
         staged.add(id);
-        await blob.stageBlock(id, content, content.length);
-        uploaded += content.length;
+        const body = content ?? Buffer.alloc(w.extentLength);
+        await blob.stageBlock(id, body, body.length);
+        uploaded += body.length;
       });
       if (etag === undefined) {
         // New segment: its untouched extents refer to the zero block(s), which must be staged too.

@@ -223,9 +223,15 @@ export function planExtentWrites(records: readonly BatchRecord[], diskSizeBytes:
 
 /**
  * The content of an extent after a write: `previous` is its current content, or null for an
- * extent never written (it reads as zeros); it may be omitted when the write is full.
+ * extent never written (it reads as zeros); it may be omitted when the write is full. When one
+ * data record fills the extent the result is a view of that record's bytes (do not modify it).
  */
 export function composeExtent(write: ExtentWrite, previous?: Uint8Array | null): Buffer {
+  const only = write.pieces.length === 1 ? write.pieces[0] : undefined;
+  if (only?.data && only.start === 0 && only.length === write.extentLength) {
+    // one record fills the extent (the initial copy, whole-extent rewrites): a view, no copy
+    return Buffer.from(only.data.buffer, only.data.byteOffset, only.length);
+  }
   let out: Buffer;
   if (write.full) {
     out = Buffer.allocUnsafe(write.extentLength);

@@ -147,6 +147,8 @@ interface Ready {
   disk: DiskRecord;
   batch: DecodedBatch;
   where: string;
+  /** Once written: the disk row as recorded (the next group's write starts from it). */
+  recorded?: DiskRecord;
 }
 
 async function applyEnvelope(deps: ApplyDeps, env: BatchEnvelope): Promise<ApplyOutcome> {
@@ -173,49 +175,80 @@ export async function applyBatchMessages(given: ApplyDeps, bodies: readonly unkn
   const outcomes: ApplyOutcome[] = new Array<ApplyOutcome>(bodies.length);
   let group: { index: number; ready: Ready }[] = [];
   let groupBytes = 0;
-  const flush = async (): Promise<void> => {
+  /**
+   * The group being written while the next one is prepared (downloaded, authenticated, decoded):
+   * at most one, and a group is written only once the one before it is recorded, so the disk
+   * and its applied sequence move exactly as one by one. Preparing a batch with `after` set
+   * reads nothing the write changes and writes nothing (see prepare).
+   */
+  let writing: { last: Ready; done: Promise<void> } | undefined;
+  const settle = async (): Promise<void> => {
+    const w = writing;
+    writing = undefined;
+    if (w) await w.done;
+  };
+  /** Starts writing the group (after the previous write is done); does not wait for it. */
+  const startWrite = async (): Promise<void> => {
     const members = group;
     group = [];
     groupBytes = 0;
     if (members.length === 0) return;
-    const results = await commitGroup(deps, members.map((m) => m.ready));
-    members.forEach((m, i) => (outcomes[m.index] = results[i] as ApplyOutcome));
+    const previous = writing?.last;
+    await settle();
+    // prepared against the previous group: start from the disk row that group recorded
+    const head = (members[0] as { ready: Ready }).ready;
+    if (previous?.recorded && head.found === previous.found) (members[0] as { ready: Ready }).ready = { ...head, disk: previous.recorded };
+    const done = commitGroup(deps, members.map((m) => m.ready)).then((results) => {
+      members.forEach((m, i) => (outcomes[m.index] = results[i] as ApplyOutcome));
+    });
+    done.catch(() => undefined); // observed by settle()
+    writing = { last: (members[members.length - 1] as { ready: Ready }).ready, done };
   };
-  for (const [index, body] of bodies.entries()) {
-    let env: BatchEnvelope | undefined;
-    try {
-      env = parseEnvelope(body);
-    } catch {
-      env = undefined;
-    }
-    if (!env || wrongSession(env, options.sessionId)) {
+  const flush = async (): Promise<void> => {
+    await startWrite();
+    await settle();
+  };
+  try {
+    for (const [index, body] of bodies.entries()) {
+      let env: BatchEnvelope | undefined;
+      try {
+        env = parseEnvelope(body);
+      } catch {
+        env = undefined;
+      }
+      if (!env || wrongSession(env, options.sessionId)) {
+        await flush();
+        outcomes[index] = await applyBatchMessage(deps, body, options);
+        continue;
+      }
+      let after = group[group.length - 1]?.ready ?? writing?.last;
+      if (after && (env.vmId !== after.env.vmId || env.diskId !== after.env.diskId)) {
+        await flush();
+        after = undefined;
+      }
+      const prepared = await prepare(deps, env, after);
+      if (prepared.kind === 'ready') {
+        group.push({ index, ready: prepared });
+        groupBytes += prepared.batch.records.reduce((n, r) => n + (r.kind === 'data' ? r.data.length : 0), 0);
+        const h = prepared.batch.header;
+        if (h.consistency || h.initialReplicationComplete || groupBytes >= GROUP_MAX_DATA_BYTES) await startWrite();
+        continue;
+      }
       await flush();
-      outcomes[index] = await applyBatchMessage(deps, body, options);
-      continue;
-    }
-    let after = group[group.length - 1]?.ready;
-    if (after && (env.vmId !== after.env.vmId || env.diskId !== after.env.diskId)) {
-      await flush();
-      after = undefined;
-    }
-    const prepared = await prepare(deps, env, after);
-    if (prepared.kind === 'ready') {
-      group.push({ index, ready: prepared });
-      groupBytes += prepared.batch.records.reduce((n, r) => n + (r.kind === 'data' ? r.data.length : 0), 0);
-      const h = prepared.batch.header;
-      if (h.consistency || h.initialReplicationComplete || groupBytes >= GROUP_MAX_DATA_BYTES) await flush();
-      continue;
+      if (prepared.kind === 'single' || after) {
+        // Judged against the group's position: judge it again against the stored state, now current.
+        outcomes[index] = await applyBatchMessage(deps, body, options);
+      } else {
+        if (prepared.kind === 'dead-letter') await recordDeadLetter(deps, env.vmId, prepared);
+        outcomes[index] = prepared;
+      }
     }
     await flush();
-    if (prepared.kind === 'single' || after) {
-      // Judged against the group's position: judge it again against the stored state, now current.
-      outcomes[index] = await applyBatchMessage(deps, body, options);
-    } else {
-      if (prepared.kind === 'dead-letter') await recordDeadLetter(deps, env.vmId, prepared);
-      outcomes[index] = prepared;
-    }
+  } catch (err) {
+    // nothing may go on writing once the receive is given up (it is redelivered)
+    await writing?.done.catch(() => undefined);
+    throw err;
   }
-  await flush();
   return outcomes;
 }
 
@@ -247,11 +280,12 @@ async function commitGroup(deps: ApplyDeps, group: Ready[]): Promise<ApplyOutcom
     await captureTag(deps, deps.captures, first.disk, last.batch.header);
     faultPoint('apply.captured');
   }
-  const vmState = await recordApplied(deps, first.found.vm, first.disk, last.batch);
+  const { vmState, recorded } = await recordApplied(deps, first.found.vm, first.disk, last.batch);
+  last.recorded = recorded;
   await requestCompaction(deps, { vmId, diskId }, stats);
   journalApplied(vmId, diskId, last.env.epoch, first.env.seq, last.env.seq);
   faultPoint('apply.recorded');
-  for (const g of group) await deleteStaged(deps, g.env);
+  await Promise.all(group.map((g) => deleteStaged(deps, g.env)));
   faultPoint('apply.done');
   return group.map((g, i) => ({
     kind: 'applied' as const,
@@ -404,7 +438,8 @@ async function commit(deps: ApplyDeps, ready: Ready): Promise<ApplyOutcome> {
     await captureTag(deps, deps.captures, disk, batch.header);
     faultPoint('apply.captured');
   }
-  const vmState = await recordApplied(deps, found.vm, disk, batch);
+  const { vmState, recorded } = await recordApplied(deps, found.vm, disk, batch);
+  ready.recorded = recorded;
   await requestCompaction(deps, { vmId, diskId }, stats);
   journalApplied(vmId, diskId, env.epoch, env.seq, env.seq);
   faultPoint('apply.recorded');
@@ -455,7 +490,8 @@ async function requestCompaction(deps: ApplyDeps, disk: { vmId: string; diskId: 
 }
 
 /** Records the applied sequence on the disk row (ETag-guarded); moves the VM to protected when every disk's initial pass is done. */
-async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, batch: DecodedBatch): Promise<string | undefined> {
+/** Records the batch as applied; returns the VM's new state if it moved, and the disk row as now stored. */
+async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, batch: DecodedBatch): Promise<{ vmState: string | undefined; recorded: DiskRecord }> {
   const h = batch.header;
   const now = deps.now();
   let current: DiskRecord = disk;
@@ -472,8 +508,8 @@ async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, ba
     };
     delete next.missingSequence;
     try {
-      await deps.state.putDisk(next);
-      current = next;
+      const etag = await deps.state.putDisk(next);
+      current = { ...next, etag };
       break;
     } catch (err) {
       if (!(isStateStoreError(err) && err.code === 'CONFLICT') || attempt >= 8) throw err;
@@ -488,9 +524,9 @@ async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, ba
   }
   // In a new epoch (a resync) the disk's stored initialComplete is the old epoch's, and every
   // disk must have completed this epoch, not an older one.
-  if (!h.initialReplicationComplete || (disk.initialComplete && disk.epoch === h.epoch)) return undefined;
+  if (!h.initialReplicationComplete || (disk.initialComplete && disk.epoch === h.epoch)) return { vmState: undefined, recorded: current };
   const after = await deps.state.getVm(vm.vmId);
-  if (!after || !after.disks.every((d) => d.initialComplete && d.epoch === h.epoch)) return undefined;
+  if (!after || !after.disks.every((d) => d.initialComplete && d.epoch === h.epoch)) return { vmState: undefined, recorded: current };
   let moved: string | undefined;
   await updateVmWithRetry(deps, vm.vmId, (v) => {
     const event = v.state === 'resync-required' ? 'resyncComplete' : 'initialReplicationComplete';
@@ -499,7 +535,7 @@ async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, ba
     moved = t.state;
     return { ...v, state: t.state };
   });
-  return moved;
+  return { vmState: moved, recorded: current };
 }
 
 async function recordGap(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, epoch: number, missing: number): Promise<void> {

@@ -243,6 +243,88 @@ describe('applyBatchMessages (a session receive, written in groups)', () => {
   });
 });
 
+describe('applyBatchMessages: the next group is prepared while the previous one is written', () => {
+  /** Disk and state stores that log the order of writes and records; group 1's write waits on a gate. */
+  function traced(w: World) {
+    const events: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let writes = 0;
+    const disks = w.deps.disks;
+    const state = w.deps.state;
+    const staging = w.deps.staging;
+    w.deps = {
+      ...w.deps,
+      disks: Object.assign(Object.create(disks) as typeof disks, {
+        applyBatches: async (...args: Parameters<typeof disks.applyBatches>) => {
+          const n = ++writes;
+          events.push(`write ${n}`);
+          if (n === 1) await gate;
+          if (n === 1 && (w as World & { failFirst?: boolean }).failFirst) throw new Error('storage went away');
+          return disks.applyBatches(...args);
+        },
+      }),
+      state: Object.assign(Object.create(state) as typeof state, {
+        putDisk: async (d: Parameters<typeof state.putDisk>[0]) => {
+          events.push(`record ${d.appliedSequence}`);
+          return state.putDisk(d);
+        },
+      }),
+      staging: Object.assign(Object.create(staging) as typeof staging, {
+        get: async (...args: Parameters<typeof staging.get>) => {
+          events.push('fetch');
+          return staging.get(...args);
+        },
+      }),
+    };
+    return { events, release };
+  }
+
+  const payloads = new Map<number, Buffer>();
+  /** Six staged batches; batch 2 carries a tag, so it ends group 1 (1-2), and group 2 is 3-6. */
+  async function sixBatches(w: World): Promise<unknown[]> {
+    const bodies: unknown[] = [];
+    for (let seq = 1; seq <= 6; seq++) {
+      const payload = randomBytes(16 * KiB);
+      payloads.set(seq, payload);
+      const rec: BatchRecord = { kind: 'data', offset: seq * 16 * KiB, data: payload };
+      bodies.push(await message(w, batch('disk0', seq, [rec], seq === 2 ? { consistency: { kind: 'crash-consistent', tagId: 1 } } : {})));
+    }
+    return bodies;
+  }
+
+  it('writes group 2 only after group 1 is recorded, from the disk row group 1 stored (no conflict retry)', async () => {
+    const w = await world();
+    const bodies = await sixBatches(w);
+    const { events, release } = traced(w);
+    const done = applyBatchMessages(w.deps, bodies);
+    // while group 1's write waits, batches 3 and 4 are prepared, so the prefetch (4 ahead) moves on to 5 and 6
+    const deadline = Date.now() + 5000;
+    while (events.filter((e) => e === 'fetch').length < 6 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+    expect(events.filter((e) => e === 'fetch').length).toBe(6);
+    expect(events).not.toContain('write 2');
+    release();
+    const outcomes = await done;
+    expect(outcomes.map((o) => o.kind)).toEqual(['applied', 'applied', 'applied', 'applied', 'applied', 'applied']);
+    expect(events.filter((e) => e !== 'fetch')).toEqual(['write 1', 'record 2', 'write 2', 'record 6']);
+    expect((await getVm(w.deps, 'vm1')).disks[0]?.appliedSequence).toBe(6);
+    const disk = await w.disks.read({ vmId: 'vm1', diskId: 'disk0' }, SIZE, 0, SIZE);
+    for (let seq = 1; seq <= 6; seq++) expect(disk.subarray(seq * 16 * KiB, (seq + 1) * 16 * KiB).equals(payloads.get(seq)!)).toBe(true);
+  });
+
+  it('a failed write of group 1 fails the receive and group 2 is never written', async () => {
+    const w = await world();
+    const bodies = await sixBatches(w);
+    const { events, release } = traced(w);
+    (w as World & { failFirst?: boolean }).failFirst = true;
+    const done = applyBatchMessages(w.deps, bodies);
+    release();
+    await expect(done).rejects.toThrow('storage went away');
+    expect(events.filter((e) => e !== 'fetch')).toEqual(['write 1']);
+    expect((await getVm(w.deps, 'vm1')).disks[0]?.appliedSequence).toBe(0);
+  });
+});
+
 describe('monitorHealth', () => {
   it('turns a stalled VM to warning, then critical, recording each change once', async () => {
     const w = await world('vm1', ['disk0']);
