@@ -16,21 +16,27 @@
  * disk therefore costs nothing until data arrives, and creating a disk writes one small
  * manifest blob.
  */
+import { createHash, type Hash } from 'node:crypto';
 import type { BlockBlobClient, ContainerClient } from '@azure/storage-blob';
 import { isDomainError } from '../domain/domain-error';
 import {
   captureMarkerName,
   comparePositions,
   decodeLogEntry,
+  decodeLogEntryIndex,
   encodeLogEntry,
   isCaptureMarkerName,
   isSparse,
   logEntryName,
   logEntryPosition,
   logEntrySegment,
+  logDataRange,
+  logEntryTableBytes,
   logPrefix,
+  logWritesInRange,
   overlay,
   type CaptureMarker,
+  type LogEntryIndex,
   type LogPosition,
 } from '../domain/disk-log';
 import {
@@ -50,13 +56,22 @@ import {
 import type { BatchRecord } from '../domain/wire-format';
 import { DiskStoreError, type ApplyOptions, type ApplyStats, type CompactOptions, type CompactStats, type DiskLogState, type DiskRef, type DiskStore } from '../ports/disk-store';
 import { faultPoint } from '../faults';
-import { statusOf, runLimited } from './rest';
+import { statusOf, runLimited, runLimitedMap } from './rest';
 
 const LAYOUT_VERSION = 1;
 /** Parallel block uploads within one apply. */
 const STAGE_CONCURRENCY = 4;
-/** A compaction pass folds at most about this many bytes of log per segment (memory bound). */
-export const COMPACT_PASS_BYTES = 512 * 1024 * 1024;
+/** A compaction pass folds at most about this many bytes of log per segment (bounds one run; memory is bounded by COMPACT_WINDOW_BYTES). */
+export const COMPACT_PASS_BYTES = 4 * 1024 * 1024 * 1024;
+/**
+ * A compaction window holds about this much log data (plus the few extents being staged): the
+ * memory a compaction needs, whatever the size of the log it folds.
+ */
+const COMPACT_WINDOW_BYTES = 64 * 1024 * 1024;
+/** Parallel ranged reads of log entries during a compaction. */
+const READ_CONCURRENCY = 8;
+/** The first read of an entry: its header and, usually, its whole piece table. */
+const INDEX_READ_BYTES = 256 * 1024;
 /** The background compaction lock's lease, renewed every third of it. */
 const COMPACT_LEASE_SECONDS = 30;
 /** Reads retry when a compaction folded the log entries they were overlaying meanwhile. */
@@ -70,6 +85,17 @@ export interface LogEntryInfo {
   size: number;
 }
 
+/** A segment being written: its block ids as committed, then as staged so far. */
+interface OpenSegment {
+  blob: BlockBlobClient;
+  what: string;
+  lengths: number[];
+  ids: string[];
+  etag: string | undefined;
+  staged: Set<string>;
+  uploaded: number;
+}
+
 function wrap(err: unknown, what: string): DiskStoreError {
   if (err instanceof DiskStoreError) return err;
   const status = statusOf(err);
@@ -81,7 +107,17 @@ function wrap(err: unknown, what: string): DiskStoreError {
 }
 
 export class BlobDiskStore implements DiskStore {
-  constructor(private readonly container: ContainerClient) {}
+  private readonly windowBytes: number;
+  private readonly indexReadBytes: number;
+
+  /** `options` shrink the compaction window and first index read (tests: many windows from a small log). */
+  constructor(
+    private readonly container: ContainerClient,
+    options: { compactWindowBytes?: number; indexReadBytes?: number } = {},
+  ) {
+    this.windowBytes = options.compactWindowBytes ?? COMPACT_WINDOW_BYTES;
+    this.indexReadBytes = Math.max(12, options.indexReadBytes ?? INDEX_READ_BYTES);
+  }
 
   async create(disk: DiskRef, sizeBytes: number): Promise<void> {
     const manifest = this.container.getBlockBlobClient(`${diskBlobPrefix(disk.vmId, disk.diskId)}disk.json`);
@@ -304,27 +340,102 @@ export class BlobDiskStore implements DiskStore {
     return total;
   }
 
+  /**
+   * Folds `entries` (oldest first, all of one segment) into the segment's extents, window by
+   * window, so memory does not grow with the log (docs/disk-log.md, "Compaction"):
+   * 1. each entry's header and piece table are read (a ranged read; the data stays in Storage);
+   * 2. the extents the entries touch are taken in windows of about COMPACT_WINDOW_BYTES of log
+   *    data; for each window every entry's data for those extents (one contiguous range, as
+   *    pieces are in extent order) is read, the pieces are laid over the current extents in
+   *    entry order, and the new extents are staged (uncommitted);
+   * 3. each entry's ranges were fed to a SHA-256 in order: it must equal the entry's stored
+   *    hash before anything is committed; then one commit under the segment's ETag, and the
+   *    folded entries are deleted.
+   * Every read is conditional on the entry's ETag: an entry folded or rewritten meanwhile makes
+   * the compaction fail as CONCURRENT_WRITE (retryable), with nothing committed.
+   */
   private async compactSegment(disk: DiskRef, sizeBytes: number, segment: number, entries: readonly LogEntryInfo[]): Promise<CompactStats> {
-    const lists: ExtentWrite[][] = [];
-    for (const e of entries) {
-      const writes = await this.readLogEntry(disk, sizeBytes, e);
-      if (!writes) {
-        throw new DiskStoreError('CONCURRENT_WRITE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${e.name} was folded or rewritten meanwhile; retry.`, true);
-      }
-      lists.push(writes);
-    }
     const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
-    await this.applySegment(disk, sizeBytes, segment, mergeExtentWrites(lists), stats);
+    const indexed = await runLimitedMap(entries, READ_CONCURRENCY, (e) => this.readLogIndex(disk, sizeBytes, segment, e));
+    // log data per extent, to size the windows
+    const perExtent = new Map<number, number>();
+    for (const { index } of indexed) for (const p of index.pieces) perExtent.set(p.extentIndex, (perExtent.get(p.extentIndex) ?? 0) + (p.dataOffset === undefined ? 0 : p.length));
+    const extents = [...perExtent.keys()].sort((a, b) => a - b);
+    const seg = await this.openSegment(disk, sizeBytes, segment);
+    for (let k = 0; k < extents.length; ) {
+      const first = extents[k] as number;
+      let bytes = 0;
+      let end = k;
+      while (end < extents.length && (end === k || bytes + (perExtent.get(extents[end] as number) ?? 0) <= this.windowBytes)) bytes += perExtent.get(extents[end++] as number) ?? 0;
+      const endExtent = (extents[end - 1] as number) + 1;
+      const lists = await runLimitedMap(indexed, READ_CONCURRENCY, async (x) => {
+        const range = logDataRange(x.index, first, endExtent);
+        const data = range ? await this.readLogRange(disk, segment, x.entry, range.from, range.to) : Buffer.alloc(0);
+        if (range) {
+          if (range.from !== x.hashedTo) throw new DiskStoreError('STORAGE_UNAVAILABLE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${x.entry.name} would be hashed out of order (${range.from} after ${x.hashedTo}).`, false);
+          x.hash.update(data);
+          x.hashedTo = range.to;
+        }
+        return logWritesInRange(x.index, first, endExtent, data, range?.from ?? 0, sizeBytes);
+      });
+      await this.stageWrites(seg, mergeExtentWrites(lists), stats);
+      k = end;
+    }
+    // every entry's bytes were hashed in order: compare with the stored hash before committing
+    await runLimitedMap(indexed, READ_CONCURRENCY, async (x) => {
+      if (x.hashedTo !== x.index.dataEnd) throw new DiskStoreError('STORAGE_UNAVAILABLE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${x.entry.name} was read up to ${x.hashedTo} of ${x.index.dataEnd} bytes.`, false);
+      const stored = await this.readLogRange(disk, segment, x.entry, x.index.dataEnd, x.entry.size);
+      if (!x.hash.digest().equals(stored)) {
+        throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${x.entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: Log entry is damaged: the hash does not match.`, false);
+      }
+    });
+    await this.commitSegment(seg, stats);
     faultPoint('disk.log-folded');
-    for (const e of entries) {
+    await runLimitedMap(entries, READ_CONCURRENCY, async (e) => {
       await this.container.deleteBlob(e.name, { conditions: { ifMatch: e.etag } }).catch((err: unknown) => {
         const status = statusOf(err);
         // 404: another compaction deleted it; 412: a redelivery rewrote it, so it stays (folding
         // it again later is harmless: entries are absolute writes replayed in order).
         if (status !== 404 && status !== 412) throw wrap(err, `deleting folded log entry ${e.name}`);
       });
-    }
+    });
     return { entriesFolded: entries.length, bytesFolded: entries.reduce((n, e) => n + e.size, 0), remainingBytes: 0, extentsWritten: stats.extentsWritten, segmentsCommitted: stats.segmentsCommitted };
+  }
+
+  /** An entry's header and piece table, read by range (the data is read later, window by window). */
+  private async readLogIndex(disk: DiskRef, sizeBytes: number, segment: number, entry: LogEntryInfo): Promise<{ entry: LogEntryInfo; index: LogEntryIndex; hash: Hash; hashedTo: number }> {
+    const unreadable = (err: unknown) =>
+      new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: ${err instanceof Error ? err.message : String(err)}`, false);
+    let head = await this.readLogRange(disk, segment, entry, 0, Math.min(entry.size, this.indexReadBytes));
+    let tableEnd: number;
+    try {
+      tableEnd = logEntryTableBytes(head, entry.size);
+    } catch (err) {
+      throw unreadable(err);
+    }
+    if (tableEnd > head.length) head = Buffer.concat([head, await this.readLogRange(disk, segment, entry, head.length, tableEnd)]);
+    let index: LogEntryIndex;
+    try {
+      index = decodeLogEntryIndex(head, entry.size, sizeBytes);
+    } catch (err) {
+      throw unreadable(err);
+    }
+    const hash = createHash('sha256').update(head.subarray(0, index.tableEnd));
+    return { entry, index, hash, hashedTo: index.tableEnd };
+  }
+
+  /** Bytes [from, to) of a log entry, only if it is still the entry listed (its ETag). */
+  private async readLogRange(disk: DiskRef, segment: number, entry: LogEntryInfo, from: number, to: number): Promise<Buffer> {
+    if (to <= from) return Buffer.alloc(0);
+    try {
+      return await this.container.getBlockBlobClient(entry.name).downloadToBuffer(from, to - from, { conditions: { ifMatch: entry.etag }, concurrency: 1, blockSize: to - from });
+    } catch (err) {
+      const status = statusOf(err);
+      if (status === 404 || status === 412) {
+        throw new DiskStoreError('CONCURRENT_WRITE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${entry.name} was folded or rewritten meanwhile; retry.`, true);
+      }
+      throw wrap(err, `reading log entry ${entry.name}`);
+    }
   }
 
   /** Extents of segments `segments` that pending log entries write to (for hash manifests). */
@@ -339,30 +450,38 @@ export class BlobDiskStore implements DiskStore {
   }
 
   private async applySegment(disk: DiskRef, sizeBytes: number, segment: number, writes: ExtentWrite[], stats: ApplyStats): Promise<void> {
+    const seg = await this.openSegment(disk, sizeBytes, segment);
+    await this.stageWrites(seg, writes, stats);
+    await this.commitSegment(seg, stats);
+  }
+
+  /** A segment's committed block list (every extent's block id), to stage writes against and commit. */
+  private async openSegment(disk: DiskRef, sizeBytes: number, segment: number): Promise<OpenSegment> {
     const blob = this.container.getBlockBlobClient(segmentBlobName(disk.vmId, disk.diskId, segment));
     const what = `applying to ${disk.vmId}/${disk.diskId} segment ${segment}`;
     const info = segmentInfo(segment, sizeBytes);
     const lengths = Array.from({ length: info.extentCount }, (_, i) => Math.min(EXTENT_BYTES, sizeBytes - (info.firstExtent + i) * EXTENT_BYTES));
-    let ids: string[];
-    let etag: string | undefined;
     try {
       const list = await blob.getBlockList('committed');
-      etag = list.etag;
       const blocks = list.committedBlocks ?? [];
       if (blocks.length !== lengths.length || blocks.some((b, i) => b.size !== lengths[i])) {
         throw new DiskStoreError('STORAGE_UNAVAILABLE', `${what}: the segment has ${blocks.length} blocks, expected ${lengths.length} extents; it was not written by Ferry's layout ${LAYOUT_VERSION}.`, false);
       }
-      ids = blocks.map((b) => b.name);
+      return { blob, what, lengths, ids: blocks.map((b) => b.name), etag: list.etag, staged: new Set(), uploaded: 0 };
     } catch (err) {
       if (statusOf(err) !== 404) throw wrap(err, what);
-      ids = lengths.map((len) => zeroBlockId(len)); // a segment never written reads as zeros
-      etag = undefined;
+      // a segment never written reads as zeros
+      return { blob, what, lengths, ids: lengths.map((len) => zeroBlockId(len)), etag: undefined, staged: new Set(), uploaded: 0 };
     }
+  }
 
-    // Compose and stage extent by extent, at most STAGE_CONCURRENCY at a time: memory holds a few
-    // 4 MiB extents, never all the extents a large batch touches.
-    const staged = new Set<string>();
-    let uploaded = 0;
+  /**
+   * Composes and stages the writes' extents (uncommitted until commitSegment), at most
+   * STAGE_CONCURRENCY at a time: memory holds a few 4 MiB extents, never all the extents a
+   * large batch touches.
+   */
+  private async stageWrites(seg: OpenSegment, writes: readonly ExtentWrite[], stats: ApplyStats): Promise<void> {
+    const { blob, ids, staged, what } = seg;
     try {
       await runLimited(writes, STAGE_CONCURRENCY, async (w) => {
         const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
@@ -375,16 +494,25 @@ export class BlobDiskStore implements DiskStore {
         staged.add(id);
         const body = content ?? Buffer.alloc(w.extentLength);
         await blob.stageBlock(id, body, body.length);
-        uploaded += body.length;
+        seg.uploaded += body.length;
       });
-      if (etag === undefined) {
+    } catch (err) {
+      throw wrap(err, what);
+    }
+  }
+
+  /** Commits the staged block list under the ETag the list was read with (If-None-Match * for a new segment). */
+  private async commitSegment(seg: OpenSegment, stats: ApplyStats): Promise<void> {
+    const { blob, ids, staged, what, lengths } = seg;
+    try {
+      if (seg.etag === undefined) {
         // New segment: its untouched extents refer to the zero block(s), which must be staged too.
         for (const [i, len] of lengths.entries()) {
           const zid = zeroBlockId(len);
           if (ids[i] !== zid || staged.has(zid)) continue;
           staged.add(zid);
           await blob.stageBlock(zid, Buffer.alloc(len), len);
-          uploaded += len;
+          seg.uploaded += len;
         }
       }
     } catch (err) {
@@ -392,10 +520,10 @@ export class BlobDiskStore implements DiskStore {
     }
     if (staged.size === 0) return;
     stats.extentsWritten += staged.size;
-    stats.bytesUploaded += uploaded;
+    stats.bytesUploaded += seg.uploaded;
     faultPoint('disk.blocks-staged');
     try {
-      await blob.commitBlockList(ids, { conditions: etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: etag } });
+      await blob.commitBlockList(ids, { conditions: seg.etag === undefined ? { ifNoneMatch: '*' } : { ifMatch: seg.etag } });
     } catch (err) {
       throw wrap(err, what);
     }

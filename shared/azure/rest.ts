@@ -17,3 +17,13 @@ export async function runLimited<T>(items: readonly T[], limit: number, fn: (ite
   });
   await Promise.all(workers);
 }
+
+/** Like runLimited, collecting each item's result in the items' order. */
+export async function runLimitedMap<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  const indexed = items.map((item, i) => ({ item, i }));
+  await runLimited(indexed, limit, async ({ item, i }) => {
+    out[i] = await fn(item);
+  });
+  return out;
+}

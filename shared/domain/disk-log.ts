@@ -128,6 +128,108 @@ export function decodeLogEntry(entry: Buffer, diskSizeBytes: number): ExtentWrit
   return mergeExtentWrites([writes]);
 }
 
+/** Bytes of an entry's fixed header; the piece table follows (see logEntryTableBytes). */
+export const LOG_ENTRY_HEADER_BYTES = HEADER_BYTES;
+export const LOG_ENTRY_HASH_BYTES = HASH_BYTES;
+
+/** One piece of an entry's table, with where its data lies in the entry. */
+export interface LogIndexPiece {
+  extentIndex: number;
+  start: number;
+  length: number;
+  /** Offset of the piece's data in the entry; undefined for a zero piece. */
+  dataOffset?: number;
+}
+
+/** An entry's piece table, read without its data (windowed compaction reads the data by ranges). */
+export interface LogEntryIndex {
+  /** Header and table: the bytes before the first data byte. */
+  tableEnd: number;
+  /** Where the data ends and the 32-byte hash begins. */
+  dataEnd: number;
+  pieces: LogIndexPiece[];
+}
+
+/** How many leading bytes of an entry hold its header and piece table, from its first 12 bytes. */
+export function logEntryTableBytes(head: Buffer, entryBytes: number): number {
+  if (head.length < HEADER_BYTES || entryBytes < HEADER_BYTES + HASH_BYTES) throw corrupt(`${entryBytes} bytes is shorter than a header.`);
+  if (!head.subarray(0, 4).equals(MAGIC) || head.readUInt8(4) !== VERSION) throw corrupt('bad magic or version.');
+  const tableEnd = HEADER_BYTES + head.readUInt32LE(8) * PIECE_BYTES;
+  if (tableEnd + HASH_BYTES > entryBytes) throw corrupt(`${head.readUInt32LE(8)} pieces do not fit.`);
+  return tableEnd;
+}
+
+/**
+ * Parses an entry's header and piece table (`head` holds at least its first logEntryTableBytes
+ * bytes) with the same checks as decodeLogEntry except the hash, which needs every byte: a
+ * reader of ranges feeds them to a hash in order and compares it with the last 32 bytes.
+ */
+export function decodeLogEntryIndex(head: Buffer, entryBytes: number, diskSizeBytes: number): LogEntryIndex {
+  const tableEnd = logEntryTableBytes(head, entryBytes);
+  if (head.length < tableEnd) throw corrupt(`the table needs ${tableEnd} bytes; ${head.length} given.`);
+  const count = head.readUInt32LE(8);
+  const dataEnd = entryBytes - HASH_BYTES;
+  const pieces: LogIndexPiece[] = [];
+  let data = tableEnd;
+  let lastExtent = -1;
+  for (let i = 0; i < count; i++) {
+    const at = HEADER_BYTES + i * PIECE_BYTES;
+    const extentIndex = head.readUInt32LE(at);
+    const start = head.readUInt32LE(at + 4);
+    const length = head.readUInt32LE(at + 8);
+    const hasData = head.readUInt8(at + 12) === 1;
+    if (extentIndex < lastExtent) throw corrupt(`piece ${i} goes back to extent ${extentIndex}.`);
+    lastExtent = extentIndex;
+    const range = extentRange(extentIndex, diskSizeBytes);
+    if (length === 0 || start + length > range.length) throw corrupt(`piece ${i} [${start}, +${length}) is outside extent ${extentIndex}.`);
+    const piece: LogIndexPiece = { extentIndex, start, length };
+    if (hasData) {
+      if (data + length > dataEnd) throw corrupt(`piece ${i}'s data runs past the end.`);
+      piece.dataOffset = data;
+      data += length;
+    }
+    pieces.push(piece);
+  }
+  if (data !== dataEnd) throw corrupt(`${dataEnd - data} bytes follow the last piece.`);
+  return { tableEnd, dataEnd, pieces };
+}
+
+/**
+ * Extent writes of the pieces of `index` whose extents lie in [firstExtent, endExtent), whose
+ * data is in `bytes`, which holds the entry's bytes from `bytesOffset` (at least their range).
+ */
+export function logWritesInRange(index: LogEntryIndex, firstExtent: number, endExtent: number, bytes: Buffer, bytesOffset: number, diskSizeBytes: number): ExtentWrite[] {
+  const writes: ExtentWrite[] = [];
+  let current: ExtentWrite | undefined;
+  for (const p of index.pieces) {
+    if (p.extentIndex < firstExtent) continue;
+    if (p.extentIndex >= endExtent) break;
+    if (current?.extentIndex !== p.extentIndex) {
+      const range = extentRange(p.extentIndex, diskSizeBytes);
+      const { segment, blockIndex } = segmentOfExtent(p.extentIndex);
+      current = { extentIndex: p.extentIndex, segment, blockIndex, extentOffset: range.offset, extentLength: range.length, pieces: [], full: false, allZero: false };
+      writes.push(current);
+    }
+    const piece: ExtentPiece = { start: p.start, length: p.length };
+    if (p.dataOffset !== undefined) piece.data = bytes.subarray(p.dataOffset - bytesOffset, p.dataOffset - bytesOffset + p.length);
+    current.pieces.push(piece);
+  }
+  return mergeExtentWrites([writes]);
+}
+
+/** The entry's data byte range [from, to) holding the pieces of extents [firstExtent, endExtent). */
+export function logDataRange(index: LogEntryIndex, firstExtent: number, endExtent: number): { from: number; to: number } | undefined {
+  let from: number | undefined;
+  let to = 0;
+  for (const p of index.pieces) {
+    if (p.extentIndex < firstExtent || p.dataOffset === undefined) continue;
+    if (p.extentIndex >= endExtent) break;
+    from ??= p.dataOffset;
+    to = p.dataOffset + p.length;
+  }
+  return from === undefined ? undefined : { from, to };
+}
+
 /**
  * Whether writes are sparse enough to go to the log: rewriting their extents would upload more
  * than `factor` times the bytes they write. Full extents (initial replication) never are.

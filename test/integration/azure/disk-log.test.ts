@@ -65,7 +65,9 @@ describe('BlobDiskStore delta log (Azurite)', () => {
     expect((await store.read(d, size, 0, size)).equals(model)).toBe(true);
     expect((await store.read(d, size, EXTENT_BYTES - 3000, 7000)).equals(model.subarray(EXTENT_BYTES - 3000, EXTENT_BYTES + 4000))).toBe(true);
 
-    const folded = await store.compact(d, size, { all: true });
+    // windows of 8 KiB of log and a 16-byte first read: many windows, and tables read in two parts
+    const windowed = new BlobDiskStore(container, { compactWindowBytes: 8 * 1024, indexReadBytes: 16 });
+    const folded = await windowed.compact(d, size, { all: true });
     expect(folded.entriesFolded).toBe(5);
     expect(folded.remainingBytes).toBe(0);
     expect(await store.listLog(d)).toHaveLength(0);
@@ -84,7 +86,7 @@ describe('BlobDiskStore delta log (Azurite)', () => {
       applyToModel(model, records);
     }
     const entryBytes = (await store.listLog(d))[0]?.size ?? 0;
-    const other = new BlobDiskStore(container);
+    const other = new BlobDiskStore(container, { compactWindowBytes: 16 * 1024 });
     let reads = 0;
     let compacting = true;
     const reader = (async () => {
@@ -111,6 +113,29 @@ describe('BlobDiskStore delta log (Azurite)', () => {
     expect(reads).toBeGreaterThan(0);
     expect(await store.listLog(d)).toHaveLength(0);
     expect((await store.read(d, size, 0, size)).equals(model)).toBe(true);
+  });
+
+  it('a damaged log entry (the damage in its last window) stops the compaction before anything is committed', async () => {
+    const d = disk();
+    const model = Buffer.alloc(size);
+    await seeded(d, model);
+    const next = rng(23);
+    for (let seq = 2; seq <= 4; seq++) {
+      const records = churn(next, size, 48);
+      await store.apply(d, size, records, { position: { epoch: 1, sequence: seq } });
+      applyToModel(model, records);
+    }
+    const [entry] = await store.listLog(d);
+    const blob = container.getBlockBlobClient(entry!.name);
+    const bytes = await blob.downloadToBuffer();
+    bytes[bytes.length - 100] = (bytes[bytes.length - 100]! + 1) % 256; // data of the last window
+    await blob.uploadData(bytes);
+    const segment = container.getBlockBlobClient(`${d.vmId}/${d.diskId}/seg-000000`);
+    const before = (await segment.getProperties()).etag;
+    const windowed = new BlobDiskStore(container, { compactWindowBytes: 8 * 1024 });
+    await expect(windowed.compact(d, size, { all: true })).rejects.toMatchObject({ code: 'STORAGE_UNAVAILABLE', message: expect.stringContaining('the hash does not match') });
+    expect((await segment.getProperties()).etag).toBe(before); // nothing committed
+    expect(await store.listLog(d)).toHaveLength(3); // nothing deleted
   });
 
   it('a write without a position folds the log first, so the log never hides it', async () => {

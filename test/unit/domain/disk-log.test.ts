@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeLogEntry, encodeLogEntry, isSparse, logEntryName, logEntrySegment, overlay } from '../../../shared/domain/disk-log';
+import { createHash } from 'node:crypto';
+import { decodeLogEntry, decodeLogEntryIndex, encodeLogEntry, isSparse, logDataRange, logEntryName, logEntrySegment, logEntryTableBytes, logWritesInRange, overlay } from '../../../shared/domain/disk-log';
 import { isDomainError } from '../../../shared/domain/domain-error';
 import { EXTENT_BYTES, composeExtent, mergeExtentWrites, planExtentWrites } from '../../../shared/domain/extents';
 import type { BatchRecord } from '../../../shared/domain/wire-format';
@@ -30,6 +31,55 @@ describe('disk log entries', () => {
       }),
       { numRuns: 60 },
     );
+  });
+
+  it('read by windows (the index, then the data range of each window in order): the same writes as decoding it whole, and the ranges hash to the stored hash', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 1_000_000 }), fc.integer({ min: 1, max: 4 }), fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 6 }), (seed, batches, cuts) => {
+        const size = 13 * MiB + 1024; // four extents, the last one short
+        const next = rng(seed);
+        const lists: BatchRecord[][] = Array.from({ length: batches }, () => randomRecords(next, size, 1 + Math.floor(next() * 12), 256 * 1024));
+        const entry = encodeLogEntry(mergeExtentWrites(lists.map((l) => planExtentWrites(l, size))));
+        const tableEnd = logEntryTableBytes(entry.subarray(0, 12), entry.length);
+        const index = decodeLogEntryIndex(entry.subarray(0, tableEnd), entry.length, size);
+        const hash = createHash('sha256').update(entry.subarray(0, tableEnd));
+        let hashedTo = tableEnd;
+        const base = Buffer.alloc(size, 7);
+        const whole = Buffer.alloc(size, 7);
+        overlay(whole, 0, decodeLogEntry(entry, size));
+        // windows of 1-3 extents
+        for (let first = 0, c = 0; first < 4; first += cuts[c++ % cuts.length] as number) {
+          const end = Math.min(4, first + (cuts[c % cuts.length] as number));
+          const range = logDataRange(index, first, end);
+          const data = range ? Buffer.from(entry.subarray(range.from, range.to)) : Buffer.alloc(0);
+          if (range) {
+            expect(range.from).toBe(hashedTo);
+            hash.update(data);
+            hashedTo = range.to;
+          }
+          overlay(base, 0, logWritesInRange(index, first, end, data, range?.from ?? 0, size));
+        }
+        expect(hashedTo).toBe(index.dataEnd);
+        expect(hash.digest().equals(entry.subarray(index.dataEnd))).toBe(true);
+        expect(base.equals(whole)).toBe(true);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('the index refuses damaged headers and tables', () => {
+    const size = 8 * MiB;
+    const entry = encodeLogEntry(planExtentWrites([{ kind: 'data', offset: 4096, data: Buffer.alloc(600, 3) }, { kind: 'zero', offset: 5 * MiB, length: 512 }], size));
+    const tableEnd = logEntryTableBytes(entry.subarray(0, 12), entry.length);
+    expect(() => logEntryTableBytes(Buffer.from('XLOG0000000000'), entry.length)).toThrow(/damaged/);
+    expect(() => decodeLogEntryIndex(entry.subarray(0, tableEnd - 1), entry.length, size)).toThrow(/damaged/);
+    expect(() => decodeLogEntryIndex(entry.subarray(0, tableEnd), entry.length + 1, size)).toThrow(/damaged/); // data does not add up
+    const bad = Buffer.from(entry);
+    bad.writeUInt32LE(99, 12); // first piece in an extent past the disk
+    expect(() => decodeLogEntryIndex(bad.subarray(0, tableEnd), entry.length, size)).toThrow();
+    const huge = Buffer.from(entry);
+    huge.writeUInt32LE(0xffffff, 8); // more pieces than fit
+    expect(() => logEntryTableBytes(huge, entry.length)).toThrow(/damaged/);
   });
 
   it('overlays onto any window of the disk', () => {
