@@ -65,6 +65,8 @@ export async function compactDisks(body: unknown, context: InvocationContext): P
   context.log(
     `Compacted ${request.vmId}/${request.diskId}: folded ${r.entriesFolded} log entries (${(r.bytesFolded / 1048576).toFixed(1)} MiB) into ${r.extentsWritten} extents in ${Date.now() - started} ms; ${(r.remainingBytes / 1048576).toFixed(1)} MiB left in the log.`,
   );
+  // Applies ask only as the log grows (shouldRequestCompaction): what piled up meanwhile is asked for here.
+  if (r.remainingBytes >= COMPACT_TRIGGER_BYTES) await deps.compactions?.request(ref);
 }
 
 app.serviceBusQueue('compact-disks', {

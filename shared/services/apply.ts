@@ -28,7 +28,7 @@ import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } f
 import { isStagingTooLargeError, type StagingStore } from '../ports/staging-store';
 import type { ReplicationDeps } from './deps';
 import { faultPoint, journalApplied } from '../faults';
-import { COMPACT_TRIGGER_BYTES, type CompactionQueue } from '../ports/compaction-queue';
+import { shouldRequestCompaction, type CompactionQueue } from '../ports/compaction-queue';
 import { captureAtTag } from './recovery-points';
 import { PrefetchingStaging, type StagedRef } from './staging-prefetch';
 import { updateVmWithRetry } from './vms';
@@ -481,7 +481,8 @@ const INLINE_FOLD_MAX_BYTES = 4 * 1024 * 1024;
 
 /** Asks for a background compaction once the disk's log is large; a failure to ask only delays it. */
 async function requestCompaction(deps: ApplyDeps, disk: { vmId: string; diskId: string }, stats: ApplyStats): Promise<void> {
-  if (!deps.compactions || (stats.logPendingBytes ?? 0) < COMPACT_TRIGGER_BYTES) return;
+  const after = stats.logPendingBytes ?? 0;
+  if (!deps.compactions || !shouldRequestCompaction(after - (stats.logBytes ?? 0), after)) return;
   try {
     await deps.compactions.request(disk);
   } catch {
@@ -489,8 +490,11 @@ async function requestCompaction(deps: ApplyDeps, disk: { vmId: string; diskId: 
   }
 }
 
-/** Records the applied sequence on the disk row (ETag-guarded); moves the VM to protected when every disk's initial pass is done. */
-/** Records the batch as applied; returns the VM's new state if it moved, and the disk row as now stored. */
+/**
+ * Records the applied sequence on the disk row (ETag-guarded); moves the VM to protected when
+ * every disk's initial pass is done. Returns the VM's new state if it moved, and the disk row as
+ * now stored.
+ */
 async function recordApplied(deps: ApplyDeps, vm: VmRecord, disk: DiskRecord, batch: DecodedBatch): Promise<{ vmState: string | undefined; recorded: DiskRecord }> {
   const h = batch.header;
   const now = deps.now();
