@@ -22,7 +22,6 @@ import { isDomainError } from '../domain/domain-error';
 import {
   captureMarkerName,
   comparePositions,
-  decodeLogEntry,
   decodeLogEntryIndex,
   encodeLogEntry,
   isCaptureMarkerName,
@@ -256,22 +255,6 @@ export class BlobDiskStore implements DiskStore {
     });
   }
 
-  private async readLogEntry(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo): Promise<ExtentWrite[] | undefined> {
-    let bytes: Buffer;
-    try {
-      bytes = await this.container.getBlockBlobClient(entry.name).downloadToBuffer(0, undefined, { conditions: { ifMatch: entry.etag } });
-    } catch (err) {
-      const status = statusOf(err);
-      if (status === 404 || status === 412) return undefined; // folded (or rewritten) meanwhile
-      throw wrap(err, `reading log entry ${entry.name}`);
-    }
-    try {
-      return decodeLogEntry(bytes, sizeBytes);
-    } catch (err) {
-      throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: ${err instanceof Error ? err.message : String(err)}`, false);
-    }
-  }
-
   /**
    * Folds log entries into the extents: per segment, the oldest entries up to about
    * `maxBytes` (all of them with `all`), then deletes them. Concurrent applies only append
@@ -424,6 +407,34 @@ export class BlobDiskStore implements DiskStore {
     return { entry, index, hash, hashedTo: index.tableEnd };
   }
 
+  /**
+   * The writes of a log entry that touch the disk bytes [offset, offset + length): its piece
+   * table, then only the data range of those extents (a 4 KiB read of a disk with a large log
+   * reads a few KiB of each entry, not the whole log). When the range is the entry's whole data
+   * the entry's hash is checked as in a full read. Undefined if the entry was folded or
+   * rewritten meanwhile.
+   */
+  private async readLogEntryFor(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo, offset: number, length: number): Promise<ExtentWrite[] | undefined> {
+    const segment = logEntrySegment(diskBlobPrefix(disk.vmId, disk.diskId), entry.name) ?? entry.segment;
+    const firstExtent = Math.floor(offset / EXTENT_BYTES);
+    const endExtent = Math.ceil((offset + Math.max(length, 1)) / EXTENT_BYTES);
+    try {
+      const x = await this.readLogIndex(disk, sizeBytes, segment, entry);
+      const range = logDataRange(x.index, firstExtent, endExtent);
+      if (!range) return logWritesInRange(x.index, firstExtent, endExtent, Buffer.alloc(0), 0, sizeBytes);
+      const whole = range.from === x.index.tableEnd && range.to === x.index.dataEnd;
+      const bytes = await this.readLogRange(disk, segment, entry, range.from, whole ? entry.size : range.to);
+      const data = bytes.subarray(0, range.to - range.from);
+      if (whole && !x.hash.update(data).digest().equals(bytes.subarray(data.length))) {
+        throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: Log entry is damaged: the hash does not match.`, false);
+      }
+      return logWritesInRange(x.index, firstExtent, endExtent, data, range.from, sizeBytes);
+    } catch (err) {
+      if (err instanceof DiskStoreError && err.code === 'CONCURRENT_WRITE') return undefined;
+      throw err;
+    }
+  }
+
   /** Bytes [from, to) of a log entry, only if it is still the entry listed (its ETag). */
   private async readLogRange(disk: DiskRef, segment: number, entry: LogEntryInfo, from: number, to: number): Promise<Buffer> {
     if (to <= from) return Buffer.alloc(0);
@@ -443,8 +454,12 @@ export class BlobDiskStore implements DiskStore {
     const out = new Set<number>();
     for (const e of await this.listLog(disk)) {
       if (segments && !segments.has(e.segment)) continue;
-      const writes = await this.readLogEntry(disk, sizeBytes, e);
-      for (const w of writes ?? []) out.add(w.extentIndex); // a folded entry's extents are in the blocks now
+      try {
+        // the piece table is enough to know the extents
+        for (const p of (await this.readLogIndex(disk, sizeBytes, e.segment, e)).index.pieces) out.add(p.extentIndex);
+      } catch (err) {
+        if (!(err instanceof DiskStoreError && err.code === 'CONCURRENT_WRITE')) throw err; // a folded entry's extents are in the blocks now
+      }
     }
     return out;
   }
@@ -563,7 +578,7 @@ export class BlobDiskStore implements DiskStore {
       if (log.length === 0) return out;
       let intact = true;
       for (const e of log) {
-        const writes = await this.readLogEntry(disk, sizeBytes, e);
+        const writes = await this.readLogEntryFor(disk, sizeBytes, e, offset, length);
         if (!writes) {
           intact = false;
           break;
