@@ -98,34 +98,8 @@ export function decodeLogEntry(entry: Buffer, diskSizeBytes: number): ExtentWrit
   if (!entry.subarray(0, 4).equals(MAGIC) || entry.readUInt8(4) !== VERSION) throw corrupt('bad magic or version.');
   const body = entry.subarray(0, entry.length - HASH_BYTES);
   if (!createHash('sha256').update(body).digest().equals(entry.subarray(entry.length - HASH_BYTES))) throw corrupt('the hash does not match.');
-  const pieces = entry.readUInt32LE(8);
-  let data = HEADER_BYTES + pieces * PIECE_BYTES;
-  if (data > body.length) throw corrupt(`${pieces} pieces do not fit.`);
-  const writes: ExtentWrite[] = [];
-  let current: ExtentWrite | undefined;
-  for (let i = 0; i < pieces; i++) {
-    const at = HEADER_BYTES + i * PIECE_BYTES;
-    const extentIndex = entry.readUInt32LE(at);
-    const start = entry.readUInt32LE(at + 4);
-    const length = entry.readUInt32LE(at + 8);
-    const hasData = entry.readUInt8(at + 12) === 1;
-    if (current?.extentIndex !== extentIndex) {
-      const range = extentRange(extentIndex, diskSizeBytes);
-      const { segment, blockIndex } = segmentOfExtent(extentIndex);
-      current = { extentIndex, segment, blockIndex, extentOffset: range.offset, extentLength: range.length, pieces: [], full: false, allZero: false };
-      writes.push(current);
-    }
-    if (length === 0 || start + length > current.extentLength) throw corrupt(`piece ${i} [${start}, +${length}) is outside extent ${extentIndex}.`);
-    const piece: ExtentPiece = { start, length };
-    if (hasData) {
-      if (data + length > body.length) throw corrupt(`piece ${i}'s data runs past the end.`);
-      piece.data = entry.subarray(data, data + length);
-      data += length;
-    }
-    current.pieces.push(piece);
-  }
-  if (data !== body.length) throw corrupt(`${body.length - data} bytes follow the last piece.`);
-  return mergeExtentWrites([writes]);
+  const index = decodeLogEntryIndex(entry, entry.length, diskSizeBytes);
+  return logWritesInRange(index, 0, Number.MAX_SAFE_INTEGER, entry, 0, diskSizeBytes);
 }
 
 /** Bytes of an entry's fixed header; the piece table follows (see logEntryTableBytes). */
