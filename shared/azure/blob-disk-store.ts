@@ -67,8 +67,13 @@ export const COMPACT_PASS_BYTES = 4 * 1024 * 1024 * 1024;
  * memory a compaction needs, whatever the size of the log it folds.
  */
 const COMPACT_WINDOW_BYTES = 64 * 1024 * 1024;
-/** Parallel ranged reads of log entries during a compaction. */
+/** Parallel ranged reads of log entries. */
 const READ_CONCURRENCY = 8;
+/**
+ * Parallel extent rewrites of a background compaction: fewer than an apply's, so that the applies
+ * beside it (which the RPO waits for) keep most of the storage account's throughput.
+ */
+const COMPACT_CONCURRENCY = 2;
 /** The first read of an entry: its header and, usually, its whole piece table. */
 const INDEX_READ_BYTES = 256 * 1024;
 /** The background compaction lock's lease, renewed every third of it. */
@@ -361,7 +366,7 @@ export class BlobDiskStore implements DiskStore {
         }
         return logWritesInRange(x.index, first, endExtent, data, range?.from ?? 0, sizeBytes);
       });
-      await this.stageWrites(seg, mergeExtentWrites(lists), stats);
+      await this.stageWrites(seg, mergeExtentWrites(lists), stats, COMPACT_CONCURRENCY);
       k = end;
     }
     // every entry's bytes were hashed in order: compare with the stored hash before committing
@@ -495,10 +500,10 @@ export class BlobDiskStore implements DiskStore {
    * STAGE_CONCURRENCY at a time: memory holds a few 4 MiB extents, never all the extents a
    * large batch touches.
    */
-  private async stageWrites(seg: OpenSegment, writes: readonly ExtentWrite[], stats: ApplyStats): Promise<void> {
+  private async stageWrites(seg: OpenSegment, writes: readonly ExtentWrite[], stats: ApplyStats, concurrency = STAGE_CONCURRENCY): Promise<void> {
     const { blob, ids, staged, what } = seg;
     try {
-      await runLimited(writes, STAGE_CONCURRENCY, async (w) => {
+      await runLimited(writes, concurrency, async (w) => {
         const currentId = ids[w.blockIndex] ?? zeroBlockId(w.extentLength);
         // a zero extent is named without its bytes, which are made only if the block is staged here
         const content = w.allZero ? undefined : await this.extentContent(blob, w, currentId, stats, what);

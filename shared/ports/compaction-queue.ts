@@ -9,7 +9,7 @@
 export const COMPACTIONS_QUEUE = 'compactions';
 
 /** Pending log bytes of a disk at which the apply function asks for a compaction. */
-export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 512) * 1024 * 1024;
+export const COMPACT_TRIGGER_BYTES = Number(process.env.FERRY_COMPACT_TRIGGER_MB ?? 2048) * 1024 * 1024;
 
 /**
  * Whether an apply that took a disk's log from `beforeBytes` to `afterBytes` asks for a
