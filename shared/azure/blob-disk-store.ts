@@ -100,6 +100,20 @@ interface OpenSegment {
   uploaded: number;
 }
 
+/** A log entry index with the running hash of the bytes read so far (windowed reads). */
+interface IndexedEntry {
+  entry: LogEntryInfo;
+  index: LogEntryIndex;
+  hash: Hash;
+  hashedTo: number;
+  /** The whole entry, when the first read already covered it and the reader keeps it (no second read). */
+  whole?: Buffer;
+}
+
+function damagedEntry(disk: DiskRef, entry: LogEntryInfo, reason: string): DiskStoreError {
+  return new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: ${reason}`, false);
+}
+
 function wrap(err: unknown, what: string): DiskStoreError {
   if (err instanceof DiskStoreError) return err;
   const status = statusOf(err);
@@ -344,7 +358,7 @@ export class BlobDiskStore implements DiskStore {
    */
   private async compactSegment(disk: DiskRef, sizeBytes: number, segment: number, entries: readonly LogEntryInfo[]): Promise<CompactStats> {
     const stats: ApplyStats = { extentsWritten: 0, extentsRead: 0, bytesUploaded: 0, bytesDownloaded: 0, segmentsCommitted: 0 };
-    const indexed = await runLimitedMap(entries, READ_CONCURRENCY, (e) => this.readLogIndex(disk, sizeBytes, segment, e));
+    const indexed = await runLimitedMap(entries, READ_CONCURRENCY, (e) => this.readLogIndex(disk, sizeBytes, e));
     // log data per extent, to size the windows
     const perExtent = new Map<number, number>();
     for (const { index } of indexed) for (const p of index.pieces) perExtent.set(p.extentIndex, (perExtent.get(p.extentIndex) ?? 0) + (p.dataOffset === undefined ? 0 : p.length));
@@ -358,7 +372,7 @@ export class BlobDiskStore implements DiskStore {
       const endExtent = (extents[end - 1] as number) + 1;
       const lists = await runLimitedMap(indexed, READ_CONCURRENCY, async (x) => {
         const range = logDataRange(x.index, first, endExtent);
-        const data = range ? await this.readLogRange(disk, segment, x.entry, range.from, range.to) : Buffer.alloc(0);
+        const data = range ? await this.entryBytes(disk, x, range.from, range.to) : Buffer.alloc(0);
         if (range) {
           if (range.from !== x.hashedTo) throw new DiskStoreError('STORAGE_UNAVAILABLE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${x.entry.name} would be hashed out of order (${range.from} after ${x.hashedTo}).`, false);
           x.hash.update(data);
@@ -372,10 +386,8 @@ export class BlobDiskStore implements DiskStore {
     // every entry's bytes were hashed in order: compare with the stored hash before committing
     await runLimitedMap(indexed, READ_CONCURRENCY, async (x) => {
       if (x.hashedTo !== x.index.dataEnd) throw new DiskStoreError('STORAGE_UNAVAILABLE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${x.entry.name} was read up to ${x.hashedTo} of ${x.index.dataEnd} bytes.`, false);
-      const stored = await this.readLogRange(disk, segment, x.entry, x.index.dataEnd, x.entry.size);
-      if (!x.hash.digest().equals(stored)) {
-        throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${x.entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: Log entry is damaged: the hash does not match.`, false);
-      }
+      const stored = await this.entryBytes(disk, x, x.index.dataEnd, x.entry.size);
+      if (!x.hash.digest().equals(stored)) throw damagedEntry(disk, x.entry, 'Log entry is damaged: the hash does not match.');
     });
     await this.commitSegment(seg, stats);
     faultPoint('disk.log-folded');
@@ -390,18 +402,21 @@ export class BlobDiskStore implements DiskStore {
     return { entriesFolded: entries.length, bytesFolded: entries.reduce((n, e) => n + e.size, 0), remainingBytes: 0, extentsWritten: stats.extentsWritten, segmentsCommitted: stats.segmentsCommitted };
   }
 
-  /** An entry's header and piece table, read by range (the data is read later, window by window). */
-  private async readLogIndex(disk: DiskRef, sizeBytes: number, segment: number, entry: LogEntryInfo): Promise<{ entry: LogEntryInfo; index: LogEntryIndex; hash: Hash; hashedTo: number }> {
-    const unreadable = (err: unknown) =>
-      new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: ${err instanceof Error ? err.message : String(err)}`, false);
-    let head = await this.readLogRange(disk, segment, entry, 0, Math.min(entry.size, this.indexReadBytes));
+  /**
+   * An entry's header and piece table, read by range (the data is read later, window by window).
+   * With `keepWhole`, an entry that the first read covered whole is kept for entryBytes; a
+   * compaction does not keep them (its memory must not grow with the number of entries).
+   */
+  private async readLogIndex(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo, keepWhole = false): Promise<IndexedEntry> {
+    const unreadable = (err: unknown) => damagedEntry(disk, entry, err instanceof Error ? err.message : String(err));
+    let head = await this.readLogRange(disk, entry, 0, Math.min(entry.size, this.indexReadBytes));
     let tableEnd: number;
     try {
       tableEnd = logEntryTableBytes(head, entry.size);
     } catch (err) {
       throw unreadable(err);
     }
-    if (tableEnd > head.length) head = Buffer.concat([head, await this.readLogRange(disk, segment, entry, head.length, tableEnd)]);
+    if (tableEnd > head.length) head = Buffer.concat([head, await this.readLogRange(disk, entry, head.length, tableEnd)]);
     let index: LogEntryIndex;
     try {
       index = decodeLogEntryIndex(head, entry.size, sizeBytes);
@@ -409,7 +424,12 @@ export class BlobDiskStore implements DiskStore {
       throw unreadable(err);
     }
     const hash = createHash('sha256').update(head.subarray(0, index.tableEnd));
-    return { entry, index, hash, hashedTo: index.tableEnd };
+    return { entry, index, hash, hashedTo: index.tableEnd, ...(keepWhole && head.length === entry.size ? { whole: head } : {}) };
+  }
+
+  /** Bytes [from, to) of an indexed entry: from its first read if that covered them, else read. */
+  private entryBytes(disk: DiskRef, x: IndexedEntry, from: number, to: number): Promise<Buffer> {
+    return x.whole ? Promise.resolve(x.whole.subarray(from, to)) : this.readLogRange(disk, x.entry, from, to);
   }
 
   /**
@@ -420,19 +440,16 @@ export class BlobDiskStore implements DiskStore {
    * rewritten meanwhile.
    */
   private async readLogEntryFor(disk: DiskRef, sizeBytes: number, entry: LogEntryInfo, offset: number, length: number): Promise<ExtentWrite[] | undefined> {
-    const segment = logEntrySegment(diskBlobPrefix(disk.vmId, disk.diskId), entry.name) ?? entry.segment;
     const firstExtent = Math.floor(offset / EXTENT_BYTES);
     const endExtent = Math.ceil((offset + Math.max(length, 1)) / EXTENT_BYTES);
     try {
-      const x = await this.readLogIndex(disk, sizeBytes, segment, entry);
+      const x = await this.readLogIndex(disk, sizeBytes, entry, true);
       const range = logDataRange(x.index, firstExtent, endExtent);
       if (!range) return logWritesInRange(x.index, firstExtent, endExtent, Buffer.alloc(0), 0, sizeBytes);
       const whole = range.from === x.index.tableEnd && range.to === x.index.dataEnd;
-      const bytes = await this.readLogRange(disk, segment, entry, range.from, whole ? entry.size : range.to);
+      const bytes = await this.entryBytes(disk, x, range.from, whole ? entry.size : range.to);
       const data = bytes.subarray(0, range.to - range.from);
-      if (whole && !x.hash.update(data).digest().equals(bytes.subarray(data.length))) {
-        throw new DiskStoreError('STORAGE_UNAVAILABLE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} is unreadable: Log entry is damaged: the hash does not match.`, false);
-      }
+      if (whole && !x.hash.update(data).digest().equals(bytes.subarray(data.length))) throw damagedEntry(disk, entry, 'Log entry is damaged: the hash does not match.');
       return logWritesInRange(x.index, firstExtent, endExtent, data, range.from, sizeBytes);
     } catch (err) {
       if (err instanceof DiskStoreError && err.code === 'CONCURRENT_WRITE') return undefined;
@@ -441,14 +458,14 @@ export class BlobDiskStore implements DiskStore {
   }
 
   /** Bytes [from, to) of a log entry, only if it is still the entry listed (its ETag). */
-  private async readLogRange(disk: DiskRef, segment: number, entry: LogEntryInfo, from: number, to: number): Promise<Buffer> {
+  private async readLogRange(disk: DiskRef, entry: LogEntryInfo, from: number, to: number): Promise<Buffer> {
     if (to <= from) return Buffer.alloc(0);
     try {
       return await this.container.getBlockBlobClient(entry.name).downloadToBuffer(from, to - from, { conditions: { ifMatch: entry.etag }, concurrency: 1, blockSize: to - from });
     } catch (err) {
       const status = statusOf(err);
       if (status === 404 || status === 412) {
-        throw new DiskStoreError('CONCURRENT_WRITE', `Compacting ${disk.vmId}/${disk.diskId} segment ${segment}: entry ${entry.name} was folded or rewritten meanwhile; retry.`, true);
+        throw new DiskStoreError('CONCURRENT_WRITE', `Log entry ${entry.name} of ${disk.vmId}/${disk.diskId} (segment ${entry.segment}) was folded or rewritten meanwhile; retry.`, true);
       }
       throw wrap(err, `reading log entry ${entry.name}`);
     }
@@ -461,7 +478,7 @@ export class BlobDiskStore implements DiskStore {
       if (segments && !segments.has(e.segment)) continue;
       try {
         // the piece table is enough to know the extents
-        for (const p of (await this.readLogIndex(disk, sizeBytes, e.segment, e)).index.pieces) out.add(p.extentIndex);
+        for (const p of (await this.readLogIndex(disk, sizeBytes, e)).index.pieces) out.add(p.extentIndex);
       } catch (err) {
         if (!(err instanceof DiskStoreError && err.code === 'CONCURRENT_WRITE')) throw err; // a folded entry's extents are in the blocks now
       }

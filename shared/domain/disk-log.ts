@@ -94,17 +94,12 @@ function corrupt(message: string): DomainError {
  * `entry`). Throws a DomainError on any damage (bad magic, hash, bounds).
  */
 export function decodeLogEntry(entry: Buffer, diskSizeBytes: number): ExtentWrite[] {
-  if (entry.length < HEADER_BYTES + HASH_BYTES) throw corrupt(`${entry.length} bytes is shorter than a header.`);
-  if (!entry.subarray(0, 4).equals(MAGIC) || entry.readUInt8(4) !== VERSION) throw corrupt('bad magic or version.');
+  logEntryTableBytes(entry, entry.length); // length, magic and version, before the hash
   const body = entry.subarray(0, entry.length - HASH_BYTES);
   if (!createHash('sha256').update(body).digest().equals(entry.subarray(entry.length - HASH_BYTES))) throw corrupt('the hash does not match.');
   const index = decodeLogEntryIndex(entry, entry.length, diskSizeBytes);
   return logWritesInRange(index, 0, Number.MAX_SAFE_INTEGER, entry, 0, diskSizeBytes);
 }
-
-/** Bytes of an entry's fixed header; the piece table follows (see logEntryTableBytes). */
-export const LOG_ENTRY_HEADER_BYTES = HEADER_BYTES;
-export const LOG_ENTRY_HASH_BYTES = HASH_BYTES;
 
 /** One piece of an entry's table, with where its data lies in the entry. */
 export interface LogIndexPiece {
