@@ -38,23 +38,6 @@ import { sdkTypedData } from './sdk-binding';
 import type { InFlightMessage, SettlementServer } from './settlement';
 
 const RECEIVE_WAIT_MS = 60_000;
-/**
- * How long a batch receive waits for more messages once the first has arrived. The .NET client
- * the Functions extension uses waits 20 ms; the JS client's receiveMessages waits up to 1 s, which
- * would add a second to every invocation of a busy session (measured: 1.1 s between receives).
- */
-const BATCH_FILL_WAIT_MS = 20;
-
-/**
- * Up to `max` messages as the extension receives them: waits up to `waitMs` for the first, then
- * at most BATCH_FILL_WAIT_MS for the rest of the batch.
- */
-async function receiveBatch(receiver: ServiceBusReceiver | ServiceBusSessionReceiver, max: number, waitMs: number, abortSignal: AbortSignal): Promise<ServiceBusReceivedMessage[]> {
-  const first = await receiver.receiveMessages(1, { maxWaitTimeInMs: waitMs, abortSignal });
-  if (first.length === 0 || max <= 1) return first;
-  const rest = await receiver.receiveMessages(max - 1, { maxWaitTimeInMs: BATCH_FILL_WAIT_MS, abortSignal });
-  return [...first, ...rest];
-}
 
 /** A receive loop, and whether it sits in acceptNextSession (which cannot be interrupted). */
 interface Loop {
@@ -184,7 +167,7 @@ export class ServiceBusListener {
     const signal = this.abort.signal;
     while (!signal.aborted) {
       try {
-        const batch = await receiveBatch(receiver, this.options.maxMessageBatchSize, RECEIVE_WAIT_MS, signal);
+        const batch = await receiver.receiveMessages(this.options.maxMessageBatchSize, { maxWaitTimeInMs: RECEIVE_WAIT_MS, abortSignal: signal });
         if (batch.length > 0) await this.invoker.track(this.process(batch, receiver));
       } catch (err) {
         if (signal.aborted) break;
@@ -224,7 +207,10 @@ export class ServiceBusListener {
       log.debug('Session accepted');
       try {
         while (!signal.aborted) {
-          const batch = await receiveBatch(session, this.many ? this.options.maxMessageBatchSize : 1, this.options.sessionIdleTimeoutMs, signal);
+          const batch = await session.receiveMessages(this.many ? this.options.maxMessageBatchSize : 1, {
+            maxWaitTimeInMs: this.options.sessionIdleTimeoutMs,
+            abortSignal: signal,
+          });
           if (batch.length === 0) {
             log.debug('Session idle; releasing it');
             break;
