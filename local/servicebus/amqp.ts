@@ -147,13 +147,44 @@ export function senderCredit(link: rhea.Sender): number {
   return Math.min(credit(link) - unsent, s.outgoing.deliveries.available());
 }
 
-/** Completes a drain the peer asked for (notes: set_drained alone does not write the flow). */
+/**
+ * Completes a drain the peer asked for: the flow that says "drained" (drain=true, credit 0,
+ * delivery-count advanced over any credit left). Notes: set_drained alone does not write the
+ * flow; and rhea's sender writes drain=true only while some credit is left to give up
+ * (`_get_drain`), so a drain that arrives after every credit was used by deliveries already
+ * sent or in flight (a backlog larger than the receive, or the receive's timer firing while
+ * its messages are on the wire) would go unanswered. The SDK then waits out its drain timeout
+ * and closes the link, which for a session receiver loses the session. answerEveryDrain
+ * (called on every sender the broker attaches) makes rhea answer those too, as AMQP 1.0
+ * 2.6.7 requires of a sender in drain mode.
+ *
+ * Deliveries rhea still queues (its session window full) must go out before the flow that
+ * counts them, so the answer waits until none are left unsent.
+ */
 export function completeDrain(link: rhea.Sender): void {
   const l = internals<SenderInternals>(link);
-  if (l._draining && link.is_open()) {
-    l.set_drained(true);
-    l.connection._register();
+  if (!l._draining || !link.is_open()) return;
+  const s = internals<SessionInternals>(link.session);
+  if (s.outgoing.next_delivery_id !== s.outgoing.next_pending_delivery) {
+    setImmediate(() => completeDrain(link));
+    return;
   }
+  l.set_drained(true);
+  l.connection._register();
+}
+
+/** See completeDrain: a drain is answered even when no credit is left to give up. */
+export function answerEveryDrain(link: rhea.Sender): void {
+  const l = internals<SenderInternals & { _drained: boolean; credit: number; delivery_count: number; _get_drain(): boolean }>(link);
+  l._get_drain = function answerDrain(this: typeof l): boolean {
+    if (!this._draining || !this._drained) return false;
+    this.delivery_count += this.credit;
+    this.credit = 0;
+    // Answered once: a later flow frame of this link (none is expected before the peer's next
+    // flow, which sets _draining again) does not repeat it.
+    this._drained = false;
+    return true;
+  };
 }
 
 /** Undoes rhea's automatic attach reply, to send it later with `link.open()`. */

@@ -22,7 +22,7 @@ import {
 } from './encoding';
 import { BrokerError, errorCondition, isBrokerError } from './errors';
 import { handleManagementRequest } from './management';
-import { RAW_FORMAT, completeDrain, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
+import { RAW_FORMAT, answerEveryDrain, completeDrain, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
 import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions } from './queue';
 import { audienceCovers, audienceParts, verifySasToken, type SharedAccessKey } from './sas';
 import type { MessageStore } from './store';
@@ -356,6 +356,7 @@ export class Broker {
     const l = sender as unknown as { local: { attach: Record<string, unknown> } };
     l.local.attach.snd_settle_mode = sender.snd_settle_mode;
     l.local.attach.rcv_settle_mode = sender.rcv_settle_mode;
+    answerEveryDrain(sender);
     const consumer = new LinkConsumer(sender, entity);
     this.consumersByLink.set(sender, consumer);
     conn.consumers.add(consumer);

@@ -34,7 +34,7 @@ export interface Consumer {
   credit(): number;
   /** Sends one message: `prefix` (header, annotations) followed by `payload` (the stored body). */
   deliver(prefix: Buffer, payload: Buffer, lockToken: string | undefined, msg: Msg): void;
-  /** Called after a dispatch pass that left this consumer with credit (nothing more for it). */
+  /** Called after every dispatch pass: nothing more is available for this consumer now. */
   idle(): void;
   /** The session lock expired: the link must be closed. */
   sessionLost(error: BrokerError): void;
@@ -477,7 +477,9 @@ export class Entity {
         }
       }
     }
-    for (const c of this.consumers) if (c.credit() > 0) c.idle();
+    // Nothing more for any consumer now: a drain it asked for is answered, whether credit is
+    // left to give up or its deliveries used it all (completeDrain).
+    for (const c of this.consumers) c.idle();
   }
 
   private popFrom(heap: Heap<Msg>, now: number): Msg | undefined {

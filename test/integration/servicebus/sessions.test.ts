@@ -15,6 +15,7 @@ const q = {
   expiry: uniqueName('s-expiry'),
   state: uniqueName('s-state'),
   release: uniqueName('s-release'),
+  drain: uniqueName('s-drain'),
 };
 
 describe.each(STORES)('with the %s store', (store) => {
@@ -31,6 +32,7 @@ describe.each(STORES)('with the %s store', (store) => {
       { Name: q.expiry, Properties: { RequiresSession: true, LockDuration: 'PT2S' } },
       { Name: q.state, Properties: session },
       { Name: q.release, Properties: session },
+      { Name: q.drain, Properties: session },
     ]), { store });
   });
 
@@ -212,6 +214,40 @@ describe.each(STORES)('with the %s store', (store) => {
       expect(again.map((m) => m.deliveryCount)).toEqual([1, 1]);
       for (const m of again) await r2.completeMessage(m);
       await r2.close();
+      await sender.close();
+    });
+      it('answers a drain that arrives after its credit went to deliveries, so the session link survives', async () => {
+      // receiveMessages(n, 1 ms) with n messages waiting: the SDK's timer ends the receive while
+      // the n deliveries are on the wire, so its drain finds no credit left. Unanswered, the SDK
+      // waits out its 200 ms drain timeout and closes the link, which loses the session.
+      const sender = h.client.createSender(q.drain);
+      const r = await h.client.acceptSession(q.drain, 'D');
+      const n = 8;
+      const got: number[] = [];
+      const slowest: number[] = [];
+      for (let round = 0; round < 5; round++) {
+        await sender.sendMessages(Array.from({ length: n }, (_, i) => ({ body: round * n + i, sessionId: 'D' })));
+        await waitFor(async () => (await r.peekMessages(n)).length === n, 5000, 'the round on the queue');
+        let inRound = 0;
+        let worst = 0;
+        const deadline = Date.now() + 5000;
+        while (inRound < n && Date.now() < deadline) {
+          const t = Date.now();
+          const batch = await r.receiveMessages(n - inRound, { maxWaitTimeInMs: 1 });
+          worst = Math.max(worst, Date.now() - t);
+          for (const m of batch) {
+            await r.completeMessage(m);
+            got.push(m.body as number);
+          }
+          inRound += batch.length;
+        }
+        slowest.push(worst);
+      }
+      expect(got).toEqual(Array.from({ length: 5 * n }, (_, i) => i));
+      expect(r.isClosed).toBe(false);
+      // every receive ended on the broker's answer, none on the SDK's drain timeout
+      expect(Math.max(...slowest)).toBeLessThan(190);
+      await r.close();
       await sender.close();
     });
   });
