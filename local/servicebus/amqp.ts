@@ -193,3 +193,29 @@ export function holdAttach(link: rhea.Sender): void {
   st.local_open = false;
   st.open_requests = Math.max(0, st.open_requests - 1);
 }
+
+/**
+ * Frames that name a session this side no longer has are dropped (and reported through
+ * `onStray`) instead of failing the whole connection, which rhea does by default ("detach
+ * received on invalid channel"). The race that sends them is ordinary: when an
+ * acceptNextSession times out on both sides at once, the broker refuses the held attach (attach
+ * and detach with the timeout) while the client ends the session; rhea on the client answers
+ * the refusal with a detach after its own end. Failing the connection for it lost every other
+ * session on it (their locks, and the batches in invocation) about once a minute in an idle
+ * host. Service Bus does not drop a connection for a late frame of a closed session.
+ */
+export function dropStrayFrames(connection: rhea.Connection, onStray: (frame: string, channel: number) => void): void {
+  const c = internals<Record<string, unknown> & { remote_channel_map: Record<number, unknown> }>(connection);
+  for (const name of ['attach', 'detach', 'flow', 'transfer', 'disposition', 'end']) {
+    const key = `on_${name}`;
+    const delegate = c[key] as (this: unknown, frame: { channel: number }) => void;
+    c[key] = function (this: typeof c, frame: { channel: number }): void {
+      if (this.remote_channel_map[frame.channel] === undefined) {
+        onStray(name, frame.channel);
+        return;
+      }
+      delegate.call(this, frame);
+    };
+  }
+}
+
