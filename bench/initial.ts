@@ -22,6 +22,8 @@ import type { BenchResult } from './types';
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.FERRY_BENCH_INITIAL_MIB ?? 1024) * MiB;
+/** FERRY_BENCH_INITIAL_KINDS=random (or disk-like): one image only. */
+const KINDS = (process.env.FERRY_BENCH_INITIAL_KINDS ?? 'disk-like,random').split(',').filter((k): k is 'disk-like' | 'random' => k === 'disk-like' || k === 'random');
 
 /** Writes a 1 GiB image extent by extent: 'disk-like' (seeded mix) or 'random'. */
 function makeImage(path: string, kind: 'disk-like' | 'random'): void {
@@ -87,7 +89,7 @@ export async function run(): Promise<BenchResult[]> {
   const stack = await startEphemeralStack();
   const results: BenchResult[] = [];
   try {
-    for (const kind of ['disk-like', 'random'] as const) {
+    for (const kind of KINDS) {
       const path = join(dir, `${kind}.img`);
       makeImage(path, kind);
       const plain = await plainUpload(stack, path, kind);
