@@ -161,17 +161,22 @@ export function senderCredit(link: rhea.Sender): number {
  * Deliveries rhea still queues (its session window full) must go out before the flow that
  * counts them, so the answer waits until none are left unsent.
  */
-export function completeDrain(link: rhea.Sender): void {
+export function completeDrain(link: rhea.Sender, waitedMs = 0): void {
   const l = internals<SenderInternals>(link);
   if (!l._draining || !link.is_open()) return;
   const s = internals<SessionInternals>(link.session);
-  if (s.outgoing.next_delivery_id !== s.outgoing.next_pending_delivery) {
-    setImmediate(() => completeDrain(link));
+  if (s.outgoing.next_delivery_id !== s.outgoing.next_pending_delivery && waitedMs < DRAIN_WAIT_MAX_MS) {
+    // the peer's session window holds them back: look again shortly (a timer, not a spin)
+    setTimeout(() => completeDrain(link, waitedMs + DRAIN_RECHECK_MS), DRAIN_RECHECK_MS).unref();
     return;
   }
   l.set_drained(true);
   l.connection._register();
 }
+
+const DRAIN_RECHECK_MS = 5;
+/** A peer that takes no transfers for this long gets its answer anyway (its link is stuck). */
+const DRAIN_WAIT_MAX_MS = 10_000;
 
 /** See completeDrain: a drain is answered even when no credit is left to give up. */
 export function answerEveryDrain(link: rhea.Sender): void {
@@ -195,22 +200,40 @@ export function holdAttach(link: rhea.Sender): void {
 }
 
 /**
- * Frames that name a session this side no longer has are dropped (and reported through
- * `onStray`) instead of failing the whole connection, which rhea does by default ("detach
- * received on invalid channel"). The race that sends them is ordinary: when an
- * acceptNextSession times out on both sides at once, the broker refuses the held attach (attach
- * and detach with the timeout) while the client ends the session; rhea on the client answers
- * the refusal with a detach after its own end. Failing the connection for it lost every other
- * session on it (their locks, and the batches in invocation) about once a minute in an idle
- * host. Service Bus does not drop a connection for a late frame of a closed session.
+ * A late detach, flow, disposition or transfer on the channel of a session that this
+ * connection has just ended is dropped (and reported through `onStray`) instead of failing the
+ * whole connection, which rhea does by default ("detach received on invalid channel"). The race
+ * that sends one is ordinary: when an acceptNextSession times out on both sides at once, the
+ * broker refuses the held attach (attach and detach with the timeout) while the client ends the
+ * session; rhea on the client answers the refusal with a detach after its own end. Failing the
+ * connection for it lost every other session on it (their locks, and the batches in
+ * invocation) about once a minute in an idle host.
+ *
+ * Only channels this connection saw end qualify. A frame on a channel it never had (a client
+ * that reconnected to a restarted broker and still talks about its old sessions) keeps rhea's
+ * answer: the connection fails and the client starts clean, instead of waiting forever for
+ * replies about sessions the broker never knew.
  */
-export function dropStrayFrames(connection: rhea.Connection, onStray: (frame: string, channel: number) => void): void {
-  const c = internals<Record<string, unknown> & { remote_channel_map: Record<number, unknown> }>(connection);
-  for (const name of ['attach', 'detach', 'flow', 'transfer', 'disposition', 'end']) {
+export function dropLateFrames(connection: rhea.Connection, onStray: (frame: string, channel: number) => void): void {
+  type Conn = Record<string, unknown> & { remote_channel_map: Record<number, unknown> };
+  const c = internals<Conn>(connection);
+  const ended = new Set<number>();
+  const removeSession = c.remove_session as (this: Conn, session: { remote: { channel?: number } }) => void;
+  c.remove_session = function (this: Conn, session: { remote: { channel?: number } }): void {
+    const channel = session.remote.channel;
+    if (channel !== undefined && this.remote_channel_map[channel] === session) ended.add(channel);
+    removeSession.call(this, session);
+  };
+  const onBegin = c.on_begin as (this: Conn, frame: { channel: number }) => void;
+  c.on_begin = function (this: Conn, frame: { channel: number }): void {
+    ended.delete(frame.channel); // the channel is in use again
+    onBegin.call(this, frame);
+  };
+  for (const name of ['detach', 'flow', 'transfer', 'disposition']) {
     const key = `on_${name}`;
-    const delegate = c[key] as (this: unknown, frame: { channel: number }) => void;
-    c[key] = function (this: typeof c, frame: { channel: number }): void {
-      if (this.remote_channel_map[frame.channel] === undefined) {
+    const delegate = c[key] as (this: Conn, frame: { channel: number }) => void;
+    c[key] = function (this: Conn, frame: { channel: number }): void {
+      if (this.remote_channel_map[frame.channel] === undefined && ended.has(frame.channel)) {
         onStray(name, frame.channel);
         return;
       }
@@ -218,4 +241,3 @@ export function dropStrayFrames(connection: rhea.Connection, onStray: (frame: st
     };
   }
 }
-

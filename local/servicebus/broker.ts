@@ -22,7 +22,7 @@ import {
 } from './encoding';
 import { BrokerError, errorCondition, isBrokerError } from './errors';
 import { handleManagementRequest } from './management';
-import { RAW_FORMAT, answerEveryDrain, completeDrain, dropStrayFrames, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
+import { RAW_FORMAT, answerEveryDrain, completeDrain, dropLateFrames, credit, holdAttach, outcomes, receiveRaw, sendParts, senderCredit, tuneOutput, type RawDelivery } from './amqp';
 import { Entity, PayloadCache, Timers, type Consumer, type Core, type Disposition, type Msg, type SettleOptions } from './queue';
 import { audienceCovers, audienceParts, verifySasToken, type SharedAccessKey } from './sas';
 import type { MessageStore } from './store';
@@ -214,7 +214,7 @@ export class Broker {
       this.openConnections.add(ctx.connection);
       this.state(ctx.connection);
       tuneOutput(ctx.connection);
-      dropStrayFrames(ctx.connection, (frame, channel) => this.options.logger.debug({ frame, channel }, 'AMQP frame for a session already ended; dropped'));
+      dropLateFrames(ctx.connection, (frame, channel) => this.options.logger.debug({ frame, channel }, 'AMQP frame for a session already ended; dropped'));
     });
     const dropConnection = (ctx: rhea.EventContext): void => {
       this.openConnections.delete(ctx.connection);

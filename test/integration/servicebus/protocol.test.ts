@@ -51,4 +51,19 @@ describe('AMQP frames in races', () => {
     conn.close();
     await once(conn, 'connection_close');
   });
+  it('still fails the connection for a frame on a channel it never had, so a confused client starts clean', async () => {
+    // e.g. a client that reconnected to a restarted broker and still talks about its old
+    // sessions: ignoring that would leave it waiting forever for replies
+    const container = rhea.create_container({ id: 'unknown-channel' });
+    const conn = container.connect({ host: h.emulator.host, port: h.emulator.port, reconnect: false });
+    await once(conn, 'connection_open');
+    const closed = new Promise<void>((resolve) => {
+      conn.on('disconnected', () => resolve());
+      conn.on('connection_close', () => resolve());
+      conn.on('connection_error', () => resolve());
+    });
+    (conn as unknown as { _write_frame(channel: number, frame: unknown): void })._write_frame(7, frames.detach({ handle: 0, closed: true }));
+    await closed;
+    expect(conn.is_open()).toBe(false);
+  });
 });
