@@ -158,15 +158,16 @@ export function senderCredit(link: rhea.Sender): number {
  * (called on every sender the broker attaches) makes rhea answer those too, as AMQP 1.0
  * 2.6.7 requires of a sender in drain mode.
  *
- * Deliveries rhea still queues (its session window full) must go out before the flow that
- * counts them, so the answer waits until none are left unsent.
+ * Deliveries rhea still queues must go out before the flow that counts them, so the answer
+ * waits until none are left unsent.
  */
 export function completeDrain(link: rhea.Sender, waitedMs = 0): void {
   const l = internals<SenderInternals>(link);
   if (!l._draining || !link.is_open()) return;
   const s = internals<SessionInternals>(link.session);
   if (s.outgoing.next_delivery_id !== s.outgoing.next_pending_delivery && waitedMs < DRAIN_WAIT_MAX_MS) {
-    // the peer's session window holds them back: look again shortly (a timer, not a spin)
+    // not written yet (rhea writes on its next output, later if the peer's session window is
+    // full): look again shortly (a timer, not a spin)
     setTimeout(() => completeDrain(link, waitedMs + DRAIN_RECHECK_MS), DRAIN_RECHECK_MS).unref();
     return;
   }
