@@ -35,7 +35,7 @@ export class BlobStagingStore implements StagingStore {
       throw err;
     }
     const length = res.contentLength ?? 0;
-    const body = res.readableStreamBody;
+    const body = res.readableStreamBody as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
     if (length > maxBytes) {
       body?.destroy();
       throw new StagingTooLargeError(`Staging blob ${name} is ${length} bytes, above the ${maxBytes} bytes expected.`);
@@ -45,7 +45,7 @@ export class BlobStagingStore implements StagingStore {
     if (body) {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         if (pos + chunk.length > length) {
-          (body as NodeJS.ReadableStream & { destroy(): void }).destroy();
+          body.destroy();
           throw new Error(`Staging blob ${name} sent more than the ${length} bytes it announced.`);
         }
         chunk.copy(out, pos);
