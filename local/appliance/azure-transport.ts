@@ -1,5 +1,6 @@
 /** The CloudTransport over the Azure SDKs: staging blobs with @azure/storage-blob, messages with @azure/service-bus. */
 import { ServiceBusClient, type ServiceBusSender } from '@azure/service-bus';
+import type { AmqpAnnotatedMessage } from '@azure/core-amqp';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { CloudTransport } from './outbox';
 
@@ -32,12 +33,34 @@ export class AzureTransport implements CloudTransport {
     await c.getBlockBlobClient(name).uploadData(body, { blockSize: 8 * 1024 * 1024, concurrency: 1 });
   }
 
-  async send(message: { body: unknown; contentType: string; sessionId: string; messageId: string }): Promise<void> {
+  private batchSender(): ServiceBusSender {
     if (!this.sender) {
       this.client = new ServiceBusClient(this.serviceBusConnection, { retryOptions: { maxRetries: 1, timeoutInMs: 15_000, retryDelayInMs: 200 } });
       this.sender = this.client.createSender(BATCH_QUEUE);
     }
-    await this.sender.sendMessages(message);
+    return this.sender;
+  }
+
+  async send(message: { body: unknown; contentType: string; sessionId: string; messageId: string }): Promise<void> {
+    const sender = this.batchSender();
+    if (Buffer.isBuffer(message.body)) {
+      // A binary batch goes as an AMQP value section: the Functions Service Bus extension hands a
+      // value section's bytes over as they are, where it would decode a data section as UTF-8 text.
+      const amqp: AmqpAnnotatedMessage = {
+        body: message.body,
+        bodyType: 'value',
+        properties: { messageId: message.messageId, groupId: message.sessionId, contentType: message.contentType },
+      };
+      await sender.sendMessages(amqp);
+      return;
+    }
+    await sender.sendMessages(message);
+  }
+
+  /** The queue's maximum message size as the broker announces it on the sender link. */
+  async maxMessageBytes(): Promise<number> {
+    const batch = await this.batchSender().createMessageBatch();
+    return batch.maxSizeInBytes;
   }
 
   async reset(): Promise<void> {

@@ -3,11 +3,13 @@
  * strictly in sequence order (staged payloads upload in parallel, `--threads`, but messages
  * leave one after the other), so one disk's session sees 1, 2, 3...
  *
- * Memory first, disk when needed: a sealed batch stays in memory while within the memory
- * budget and goes to `<cacheDir>/<vmId>/<diskId>/<epoch, 10 digits>-<sequence, 20 digits>.fryb`
- * when the budget is exceeded (Service Bus or Storage unreachable, or slower than the agent)
- * and when `sync()` is called. Writing every batch to disk would halve throughput here (the
- * page cache takes ~265 MB/s on this machine) for no gain while the cloud keeps up.
+ * Memory first, disk only when the cloud is away: a sealed batch stays in memory, and goes to
+ * `<cacheDir>/<vmId>/<diskId>/<epoch, 10 digits>-<sequence, 20 digits>.fryb` when Service Bus
+ * or Storage is unreachable and the memory budget is exceeded, or when `sync()` finds it still
+ * unsent after waiting a while. While the cloud is reachable but slower than the agent, the
+ * agent waits at the memory budget instead (`waitForRoom`): writing a batch to disk, reading it
+ * back and deleting it costs about as much CPU as sending it (measured: a 1 GiB initial copy
+ * spent ~4 s of the appliance's CPU on cache files), for no gain while the cloud takes them.
  *
  * Crash safety rests on two rules:
  * - the agent saves its checkpoint only after `sync()`: every batch it counts as handed over
@@ -32,8 +34,9 @@
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { envelopeFor, type OutgoingBatch } from '../../shared/codec/envelope';
-import { STAGING_CONTAINER } from '../../shared/domain/envelope';
+import { fitsBinaryMessage } from '../../shared/codec/envelope';
+import { BATCH_CONTENT_TYPE, STAGING_CONTAINER } from '../../shared/domain/envelope';
+import { outgoingMessage, type OutgoingMessage } from './messages';
 import type { Logger } from '../log';
 import { errorMessage } from './errors';
 import type { Throttle } from './token-bucket';
@@ -41,14 +44,16 @@ import type { Throttle } from './token-bucket';
 /** Where sealed batches go: Storage for staged payloads, Service Bus for the messages. */
 export interface CloudTransport {
   stage(container: string, name: string, body: Buffer): Promise<void>;
+  /** `body`: a JSON envelope, or (content type BATCH_CONTENT_TYPE) the sealed batch, sent as an AMQP value section. */
   send(message: { body: unknown; contentType: string; sessionId: string; messageId: string }): Promise<void>;
+  /** The batch queue's maximum message size (absent: binary batch messages are not used). */
+  maxMessageBytes?(): Promise<number>;
   /** Called after a failure so the next attempt starts from a fresh connection. */
   reset?(): Promise<void>;
   close(): Promise<void>;
 }
 
-/** The message of a sealed batch, made by envelopeFor (in a seal worker when possible). */
-export type OutgoingMessage = Omit<OutgoingBatch, 'staged'> & { stagedName?: string };
+export type { OutgoingMessage } from './messages';
 
 interface Entry {
   diskId: string;
@@ -127,6 +132,8 @@ const MB = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;
 const name = (epoch: number, seq: number) => `${String(epoch).padStart(10, '0')}-${String(seq).padStart(20, '0')}.fryb`;
 const FILE_RE = /^(\d{10})-(\d{20})\.fryb$/;
 const RESERVE_AHEAD = 16;
+/** How long `sync()` waits for in-memory batches to be sent before writing them (cloud reachable). */
+const SYNC_SEND_WAIT_MS = 10_000;
 
 type SeqFile = Record<string, { epoch: number; seq: number }>;
 
@@ -161,6 +168,9 @@ export class Outbox {
   /** `sync()` calls waiting for space or for their batches to be sent. */
   private blockedSyncs = 0;
   private readonly spaceWaiters: (() => void)[] = [];
+  /** The batch queue's maximum message size: learned at the first send (see maxMessageBytes). */
+  private maxMessage: Promise<number | undefined> | undefined;
+  private learnedMaxMessage: number | undefined;
   readonly stats: OutboxStats = { sentBatches: 0, sentBytes: 0, spooledBytes: 0, pendingBatches: 0, retries: 0, offline: false };
 
   constructor(readonly dir: string, private readonly transport: CloudTransport, private readonly options: OutboxOptions) {
@@ -280,7 +290,8 @@ export class Outbox {
       if (this.makeBallast() && (this.memBytes <= this.memoryBudget || this.spill(false))) this.setPaused(() => (this.noSpace = null));
     }
     if (this.overBound && this.bytes <= this.resumeBytes) this.setPaused(() => (this.overBound = false));
-    if (!this.paused) for (const w of this.roomWaiters.splice(0)) w();
+    // (waking waiters that must wait on would have them wake each other forever)
+    if (!this.paused && !this.memoryFull) for (const w of this.roomWaiters.splice(0)) w();
   }
 
   private get sentFile(): string {
@@ -388,12 +399,20 @@ export class Outbox {
     return this.bytes;
   }
 
-  /** Resolves when the cache is below its bound (the agent pauses here rather than drop). */
+  /** The cloud is reachable but the batches in memory fill the budget: producers wait for sends. */
+  private get memoryFull(): boolean {
+    return !this.stats.offline && this.memBytes >= this.memoryBudget;
+  }
+
+  /**
+   * Resolves when the cache is below its bound (the agent pauses here rather than drop), and,
+   * while the cloud is reachable, when the batches in memory are within the memory budget.
+   */
   async waitForRoom(): Promise<void> {
     for (;;) {
       if (this.closed) return;
       if (!this.overBound && this.bytes >= this.options.maxBytes) this.setPaused(() => (this.overBound = true));
-      if (!this.paused) return;
+      if (!this.paused && !this.memoryFull) return;
       await new Promise<void>((r) => {
         const t = setTimeout(() => {
           const i = this.roomWaiters.indexOf(r);
@@ -426,7 +445,7 @@ export class Outbox {
     this.bytes += sealed.length;
     this.stats.pendingBatches++;
     this.stats.spooledBytes = this.bytes;
-    if (this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
+    if (this.stats.offline && this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
     this.kick(diskId);
   }
 
@@ -477,6 +496,10 @@ export class Outbox {
    */
   async sync(): Promise<void> {
     const todo = [...this.disks.values()].flatMap((q) => [...q.entries.values()]).filter((e) => !e.durable);
+    // While the cloud takes them, batches in memory are about to be sent: wait for that rather
+    // than write them (a little while; what is left then is written, as when offline).
+    const until = Date.now() + SYNC_SEND_WAIT_MS;
+    while (!this.stats.offline && !this.closed && Date.now() < until && todo.some((e) => !e.gone && !e.file)) await this.spaceEvent(Math.max(1, until - Date.now()));
     let blocked = false;
     try {
       for (;;) {
@@ -585,6 +608,9 @@ export class Outbox {
           this.failing.add(service);
           this.stats.offline = true;
           this.options.log?.warn({ what, err: errorMessage(err) }, `${service} unreachable; spooling batches to the cache and retrying`);
+          // producers waiting at the memory budget go on; what exceeds it goes to disk
+          if (this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
+          this.checkRoom();
         }
         await this.transport.reset?.().catch(() => undefined);
         await new Promise((r) => setTimeout(r, delay));
@@ -593,14 +619,41 @@ export class Outbox {
     }
   }
 
+  /** The batch queue's maximum message size once learned (seal workers then make binary messages). */
+  get knownMaxMessageBytes(): number | undefined {
+    return this.learnedMaxMessage;
+  }
+
+  /**
+   * The batch queue's maximum message size, asked of the transport once (retried like a send
+   * while Service Bus is unreachable); undefined if the transport cannot tell.
+   */
+  private maxMessageBytes(): Promise<number | undefined> {
+    const ask = this.transport.maxMessageBytes?.bind(this.transport);
+    if (!ask) return Promise.resolve(undefined);
+    this.maxMessage ??= (async () => {
+      let got: number | undefined;
+      const ok = await this.retrying('ask Service Bus for its maximum message size', async () => {
+        got = await ask();
+      });
+      if (!ok) {
+        this.maxMessage = undefined; // closed meanwhile: ask again next time
+        return undefined;
+      }
+      this.learnedMaxMessage = got;
+      return got;
+    })();
+    return this.maxMessage;
+  }
+
   private stageEntry(e: Entry): Promise<OutgoingMessage | undefined> {
     return this.slot(async () => {
+      const maxMessageBytes = await this.maxMessageBytes();
       const bytes = this.bytesOf(e);
       let message = e.message;
-      if (!message) {
-        const { staged, ...rest } = envelopeFor(bytes);
-        message = { ...rest, ...(staged ? { stagedName: staged.name } : {}) };
-      }
+      // made before the queue's limit was known (or for another): made again for this queue
+      if (!message || 'binary' in message !== fitsBinaryMessage(bytes.length, maxMessageBytes)) message = outgoingMessage(bytes, maxMessageBytes);
+      if ('binary' in message) return message;
       const stagedName = message.stagedName;
       if (stagedName !== undefined) {
         const ok = await this.retrying(`stage ${stagedName}`, async () => {
@@ -650,6 +703,11 @@ export class Outbox {
       if (q.entries.get(e.seq) !== e) continue; // replaced while staging
       if (!(await this.reserve(q, e.seq))) return;
       const ok = await this.retrying(`send ${diskId} ${e.seq}`, async () => {
+        if ('binary' in out) {
+          await this.options.bucket?.take(e.size);
+          await this.transport.send({ body: this.bytesOf(e), contentType: BATCH_CONTENT_TYPE, sessionId: out.sessionId, messageId: out.messageId });
+          return;
+        }
         if (out.stagedName === undefined) await this.options.bucket?.take(e.size);
         await this.transport.send({ body: out.envelope, contentType: 'application/json', sessionId: out.sessionId, messageId: out.messageId });
       });

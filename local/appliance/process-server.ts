@@ -159,7 +159,7 @@ export class ProcessServer implements BatchSink {
     await outbox.waitForRoom();
     let out: Sealed;
     try {
-      out = await this.pool.seal(plain, key, keyId);
+      out = await this.pool.seal(plain, key, keyId, outbox.knownMaxMessageBytes);
     } finally {
       release();
     }

@@ -9,8 +9,7 @@ import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { sealBatch } from '../../shared/codec/batch';
-import { envelopeFor } from '../../shared/codec/envelope';
-import type { OutgoingMessage } from './outbox';
+import { outgoingMessage, type OutgoingMessage } from './messages';
 import { toRecords, type PlainBatch } from './batching';
 import type { SealRequest, SealResponse } from './seal-worker';
 
@@ -57,18 +56,18 @@ export class SealPool {
     }
   }
 
-  seal(plain: PlainBatch, key: Uint8Array, keyId: number): Promise<Sealed> {
+  /** `maxMessageBytes`: the batch queue's maximum message size if known (binary messages, see messages.ts). */
+  seal(plain: PlainBatch, key: Uint8Array, keyId: number, maxMessageBytes?: number): Promise<Sealed> {
     if (this.workers === 0) {
       try {
         const sealed = sealBatch({ ...plain.meta, records: toRecords(plain) }, key, keyId, randomBytes);
-        const { staged, ...rest } = envelopeFor(sealed);
-        return Promise.resolve({ sealed, message: { ...rest, ...(staged ? { stagedName: staged.name } : {}) } });
+        return Promise.resolve({ sealed, message: outgoingMessage(sealed, maxMessageBytes) });
       } catch (err) {
         return Promise.reject(err as Error);
       }
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ req: { meta: plain.meta, records: plain.records, data: plain.data, key, keyId }, resolve, reject });
+      this.queue.push({ req: { meta: plain.meta, records: plain.records, data: plain.data, key, keyId, ...(maxMessageBytes !== undefined ? { maxMessageBytes } : {}) }, resolve, reject });
       this.pump();
     });
   }

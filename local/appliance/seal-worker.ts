@@ -2,8 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { sealBatch } from '../../shared/codec/batch';
-import { envelopeFor } from '../../shared/codec/envelope';
-import type { OutgoingMessage } from './outbox';
+import { outgoingMessage, type OutgoingMessage } from './messages';
 import { toRecords, type BatchMeta, type RecordDesc } from './batching';
 
 export interface SealRequest {
@@ -13,6 +12,8 @@ export interface SealRequest {
   data: Uint8Array;
   key: Uint8Array;
   keyId: number;
+  /** The batch queue's maximum message size, once the outbox has learned it. */
+  maxMessageBytes?: number;
 }
 
 export type SealResponse = { id: number; sealed: Uint8Array; message: OutgoingMessage } | { id: number; error: { name: string; code?: string; message: string } };
@@ -22,8 +23,7 @@ parentPort?.on('message', (req: SealRequest) => {
     const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.byteLength);
     const sealed = sealBatch({ ...req.meta, records: toRecords({ records: req.records, data }) }, req.key, req.keyId, randomBytes);
     // the envelope (with the SHA-256 of a staged payload) is made here too, off the main thread
-    const { staged, ...rest } = envelopeFor(sealed);
-    const message: OutgoingMessage = { ...rest, ...(staged ? { stagedName: staged.name } : {}) };
+    const message: OutgoingMessage = outgoingMessage(sealed, req.maxMessageBytes);
     const own = sealed.byteOffset === 0 && sealed.byteLength === sealed.buffer.byteLength ? sealed : Buffer.from(sealed);
     parentPort!.postMessage({ id: req.id, sealed: own, message } satisfies SealResponse, [own.buffer as ArrayBuffer]);
   } catch (err) {

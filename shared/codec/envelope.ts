@@ -6,17 +6,20 @@
 import { createHash } from 'node:crypto';
 import {
   batchSessionId,
+  BINARY_MESSAGE_OVERHEAD_BYTES,
   ENVELOPE_VERSION,
   INLINE_MAX_SEALED_BYTES,
   STAGING_CONTAINER,
   stagingBlobName,
   type BatchEnvelope,
+  type JsonBatchEnvelope,
 } from '../domain/envelope';
 import { peekBatchHeader } from '../domain/wire-format';
 import { WireFormatError } from '../domain/wire-format-error';
 
 export interface OutgoingBatch {
-  envelope: BatchEnvelope;
+  /** The message body: the JSON envelope, or (binary form) the sealed batch itself. */
+  envelope: JsonBatchEnvelope | Buffer;
   sessionId: string;
   messageId: string;
   /** Present when the batch goes through blob storage: upload it before sending. */
@@ -26,6 +29,17 @@ export interface OutgoingBatch {
 export interface EnvelopeOptions {
   /** Default INLINE_MAX_SEALED_BYTES (96 KiB). */
   inlineMaxBytes?: number;
+  /**
+   * The queue's maximum message size, when known: a sealed batch that fits it (with
+   * BINARY_MESSAGE_OVERHEAD_BYTES to spare) is sent as a binary batch message, neither base64
+   * nor staged. Absent or 0: JSON forms only.
+   */
+  maxMessageBytes?: number;
+}
+
+/** Whether a sealed batch of `sealedBytes` travels as a binary message on a queue taking `maxMessageBytes`. */
+export function fitsBinaryMessage(sealedBytes: number, maxMessageBytes: number | undefined): boolean {
+  return maxMessageBytes !== undefined && sealedBytes + BINARY_MESSAGE_OVERHEAD_BYTES <= maxMessageBytes;
 }
 
 /** Hex SHA-256 of `<vmId>/<diskId>/<epoch>/<sequence>`: the plain form can exceed 128 chars. */
@@ -39,6 +53,7 @@ export function envelopeFor(sealed: Buffer, options: EnvelopeOptions = {}): Outg
   const common = { v: ENVELOPE_VERSION, vmId: h.vmId, diskId: h.diskId, epoch: h.epoch, seq: h.sequence, keyId: h.keyId, capturedAt: h.capturedAt } as const;
   const sessionId = batchSessionId(h.vmId, h.diskId);
   const messageId = batchMessageId(h.vmId, h.diskId, h.epoch, h.sequence);
+  if (fitsBinaryMessage(sealed.length, options.maxMessageBytes)) return { envelope: sealed, sessionId, messageId };
   if (sealed.length <= (options.inlineMaxBytes ?? INLINE_MAX_SEALED_BYTES)) {
     return { envelope: { ...common, payload: { inline: sealed.toString('base64') } }, sessionId, messageId };
   }
@@ -57,6 +72,7 @@ export function envelopeFor(sealed: Buffer, options: EnvelopeOptions = {}): Outg
  * checked against the envelope's size and SHA-256.
  */
 export function sealedBytesFrom(envelope: BatchEnvelope, stagedBlob?: Buffer): Buffer {
+  if ('sealed' in envelope.payload) return envelope.payload.sealed;
   if ('inline' in envelope.payload) return Buffer.from(envelope.payload.inline, 'base64');
   const ref = envelope.payload.blob;
   if (stagedBlob === undefined) {

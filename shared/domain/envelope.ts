@@ -6,7 +6,7 @@
  */
 import { z } from 'zod';
 import { ID_PATTERN } from './ids';
-import { MAX_CAPTURED_AT, MIN_SEALED_BYTES, PREFIX_BYTES, MAX_PAYLOAD_BYTES, TAG_BYTES } from './wire-format';
+import { MAX_CAPTURED_AT, MIN_SEALED_BYTES, PREFIX_BYTES, MAX_PAYLOAD_BYTES, TAG_BYTES, peekBatchHeader } from './wire-format';
 import { WireFormatError } from './wire-format-error';
 
 export const ENVELOPE_VERSION = 1;
@@ -61,8 +61,45 @@ export const batchEnvelopeSchema = z
     }
   });
 
-export type BatchEnvelope = z.infer<typeof batchEnvelopeSchema>;
-export type StagedPayloadRef = Extract<BatchEnvelope['payload'], { blob: unknown }>['blob'];
+/** The JSON envelope: the sealed batch inline (base64) or named in blob container `staging`. */
+export type JsonBatchEnvelope = z.infer<typeof batchEnvelopeSchema>;
+/**
+ * A binary batch message: the body is the sealed batch itself (an AMQP value section holding
+ * binary), and the envelope's fields are read from its header. Used when the sealed batch fits
+ * the queue's maximum message size (docs/wire-format.md, "Binary batch messages").
+ */
+export type BinaryBatchEnvelope = Omit<JsonBatchEnvelope, 'payload'> & { payload: { sealed: Buffer } };
+export type BatchEnvelope = JsonBatchEnvelope | BinaryBatchEnvelope;
+export type StagedPayloadRef = Extract<JsonBatchEnvelope['payload'], { blob: unknown }>['blob'];
+
+/** Content type of a binary batch message (its body is a sealed batch, not JSON). */
+export const BATCH_CONTENT_TYPE = 'application/vnd.ferry.batch';
+/**
+ * Room left beside a binary batch in a message of the queue's maximum size: the AMQP header,
+ * properties (message id, session id, content type) and the annotations the broker adds.
+ */
+export const BINARY_MESSAGE_OVERHEAD_BYTES = 4096;
+const MAGIC = Buffer.from('FRYB', 'ascii');
+
+/** Whether a message body is a binary batch (a sealed batch, not a JSON envelope). */
+export function isBinaryBatchBody(body: unknown): body is Uint8Array {
+  return body instanceof Uint8Array && body.length >= 4 && MAGIC.equals(body.subarray(0, 4));
+}
+
+function binaryEnvelope(body: Uint8Array): BinaryBatchEnvelope {
+  const sealed = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (sealed.length > MAX_SEALED_BYTES) {
+    throw new WireFormatError('BAD_ENVELOPE', 'body', `The binary batch message is ${sealed.length} bytes; a sealed batch is at most ${MAX_SEALED_BYTES}.`);
+  }
+  let h;
+  try {
+    h = peekBatchHeader(sealed);
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    throw new WireFormatError('BAD_ENVELOPE', `body.${(err as { field?: string }).field ?? 'header'}`, `The binary batch message's header is invalid: ${why}`, { cause: err });
+  }
+  return { v: ENVELOPE_VERSION, vmId: h.vmId, diskId: h.diskId, epoch: h.epoch, seq: h.sequence, keyId: h.keyId, capturedAt: h.capturedAt, payload: { sealed } };
+}
 
 /** Session id of a disk's batches: one session per disk keeps its batches in order. */
 export function batchSessionId(vmId: string, diskId: string): string {
@@ -76,10 +113,12 @@ export function stagingBlobName(vmId: string, diskId: string, epoch: number, seq
 }
 
 /**
- * Parses a message body (JSON text, a Buffer of it, or an already parsed object) into an
- * envelope; raises WireFormatError `BAD_ENVELOPE` naming the first offending JSON path.
+ * Parses a message body into an envelope: a binary batch (bytes starting with "FRYB": the
+ * fields come from the sealed header), or JSON (text, a Buffer of it, or an already parsed
+ * object). Raises WireFormatError `BAD_ENVELOPE` naming the first offending JSON path.
  */
 export function parseEnvelope(body: unknown): BatchEnvelope {
+  if (isBinaryBatchBody(body)) return binaryEnvelope(body);
   let value = body;
   if (typeof body === 'string' || Buffer.isBuffer(body) || body instanceof Uint8Array) {
     const text = typeof body === 'string' ? body : Buffer.from(body).toString('utf8');

@@ -17,7 +17,7 @@
 import { openBatch } from '../codec/batch';
 import { sealedBytesFrom } from '../codec/envelope';
 import { unwrapDataKey } from '../codec/key-wrap';
-import { batchSessionId, parseEnvelope, type BatchEnvelope } from '../domain/envelope';
+import { batchSessionId, isBinaryBatchBody, parseEnvelope, type BatchEnvelope } from '../domain/envelope';
 import { decideBatch } from '../domain/sequencing';
 import { acceptsBatches, transition } from '../domain/state-machine';
 import { isWireFormatError } from '../domain/wire-format-error';
@@ -125,17 +125,19 @@ export async function applyBatchMessage(deps: ApplyDeps, body: unknown, options:
   return outcome;
 }
 
-/** The staged payloads a receive refers to, in order (unparseable messages have none). */
-function stagedRefs(bodies: readonly unknown[]): StagedRef[] {
-  const refs: StagedRef[] = [];
-  for (const body of bodies) {
-    try {
-      const env = parseEnvelope(body);
-      if (!('inline' in env.payload)) refs.push({ name: env.payload.blob.name, sizeBytes: env.payload.blob.sizeBytes });
-    } catch {
-      // judged (and dead-lettered) in order by the loop
-    }
+/** The envelope of a body, or undefined if it is not one (judged, and dead-lettered, in order by the loop). */
+function tryParseEnvelope(body: unknown): BatchEnvelope | undefined {
+  try {
+    return parseEnvelope(body);
+  } catch {
+    return undefined;
   }
+}
+
+/** The staged payloads a receive refers to, in order. */
+function stagedRefs(envelopes: readonly (BatchEnvelope | undefined)[]): StagedRef[] {
+  const refs: StagedRef[] = [];
+  for (const env of envelopes) if (env && 'blob' in env.payload) refs.push({ name: env.payload.blob.name, sizeBytes: env.payload.blob.sizeBytes });
   return refs;
 }
 
@@ -171,7 +173,8 @@ const GROUP_MAX_DATA_BYTES = 64 * 1024 * 1024;
  * A crash mid-group redelivers the whole receive: writes are absolute, so it converges.
  */
 export async function applyBatchMessages(given: ApplyDeps, bodies: readonly unknown[], options: ApplyMessageOptions = {}): Promise<ApplyOutcome[]> {
-  const deps: ApplyDeps = { ...given, staging: new PrefetchingStaging(given.staging, stagedRefs(bodies)) };
+  const envelopes = bodies.map(tryParseEnvelope);
+  const deps: ApplyDeps = { ...given, staging: new PrefetchingStaging(given.staging, stagedRefs(envelopes)) };
   const outcomes: ApplyOutcome[] = new Array<ApplyOutcome>(bodies.length);
   let group: { index: number; ready: Ready }[] = [];
   let groupBytes = 0;
@@ -210,12 +213,7 @@ export async function applyBatchMessages(given: ApplyDeps, bodies: readonly unkn
   };
   try {
     for (const [index, body] of bodies.entries()) {
-      let env: BatchEnvelope | undefined;
-      try {
-        env = parseEnvelope(body);
-      } catch {
-        env = undefined;
-      }
+      const env = envelopes[index];
       if (!env || wrongSession(env, options.sessionId)) {
         await flush();
         outcomes[index] = await applyBatchMessage(deps, body, options);
@@ -330,7 +328,7 @@ async function prepare(deps: ApplyDeps, env: BatchEnvelope, after?: Ready): Prom
 
   faultPoint('apply.state-read');
   let sealed: Buffer;
-  if ('inline' in env.payload) {
+  if (!('blob' in env.payload)) {
     sealed = sealedBytesFrom(env);
   } else {
     const ref = env.payload.blob;
@@ -572,6 +570,13 @@ async function deleteStaged(deps: ApplyDeps, env: BatchEnvelope): Promise<void> 
 
 /** The vmId of an unparseable message, when it names a plausible one (for its health). */
 function vmIdOf(body: unknown): string | undefined {
+  if (isBinaryBatchBody(body)) {
+    // the vmId slot of a header that did not parse (docs/wire-format.md): length byte 68, id from 69
+    const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    const n = b.length > 68 ? (b[68] as number) : 0;
+    const v = n >= 1 && n <= 63 && b.length >= 69 + n ? b.toString('latin1', 69, 69 + n) : undefined;
+    return v !== undefined && /^[a-z0-9][a-z0-9-]{0,62}$/.test(v) ? v : undefined;
+  }
   let obj = body;
   if (typeof body === 'string' || body instanceof Uint8Array) {
     try {

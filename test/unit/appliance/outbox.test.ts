@@ -112,12 +112,14 @@ describe('Outbox', () => {
     again.close();
   });
 
-  it('spills to disk beyond its memory budget, newest first', async () => {
+  it('while the cloud is away, spills to disk beyond its memory budget, newest first', async () => {
     const t = new FakeTransport();
     t.down = true;
     const path = join(dir, 'e');
     const box = new Outbox(path, t, { threads: 1, maxBytes: 1e9, memoryBudgetBytes: 5000 });
-    for (let seq = 1; seq <= 6; seq++) box.put('disk0', 1, seq, sealed('disk0', seq, 1024));
+    box.put('disk0', 1, 1, sealed('disk0', 1, 1024));
+    await waitFor(() => box.stats.offline, 'the outbox to notice the cloud is down');
+    for (let seq = 2; seq <= 6; seq++) box.put('disk0', 1, seq, sealed('disk0', seq, 1024));
     const files = readdirSync(join(path, 'disk0'));
     expect(files.length).toBeGreaterThanOrEqual(2);
     expect(files).toContain('0000000001-00000000000000000006.fryb');
@@ -125,6 +127,35 @@ describe('Outbox', () => {
     await box.idle();
     expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(readdirSync(join(path, 'disk0'))).toEqual([]);
+    box.close();
+  });
+
+  it('while the cloud is reachable but slow, makes producers wait at the memory budget and writes nothing to disk', async () => {
+    const t = new FakeTransport();
+    let open!: () => void;
+    let gate = new Promise<void>((r) => (open = r));
+    const send = t.send.bind(t);
+    t.send = async (m) => {
+      await gate;
+      return send(m);
+    };
+    const path = join(dir, 'g');
+    const box = new Outbox(path, t, { threads: 1, maxBytes: 1e9, memoryBudgetBytes: 5000 });
+    for (let seq = 1; seq <= 6; seq++) box.put('disk0', 1, seq, sealed('disk0', seq, 1024));
+    let roomy = false;
+    const wait = box.waitForRoom().then(() => (roomy = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(roomy).toBe(false); // 6 KiB in memory, budget 5000 bytes: the agent waits
+    // a checkpoint waits for the sends instead of writing the batches
+    const synced = box.sync();
+    open();
+    gate = Promise.resolve();
+    await Promise.all([wait, synced]);
+    expect(roomy).toBe(true);
+    await box.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(box.stats.offline).toBe(false);
+    expect(existsSync(join(path, 'disk0'))).toBe(false); // never written
     box.close();
   });
 

@@ -6,7 +6,7 @@ import { AmqpAnnotatedMessage } from '@azure/core-amqp';
 import type { ServiceBusReceivedMessage } from '@azure/service-bus';
 import rhea from 'rhea';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { lockTokenBytes, modelBindingData, sdkTypedData } from '../../../local/host/servicebus/sdk-binding';
+import { encodeAmqpMessageParts, lockTokenBytes, modelBindingData, sdkTypedData } from '../../../local/host/servicebus/sdk-binding';
 import { acquireSettlementServer, decodePropertiesToModify, releaseSettlementServer, type SettlementServer } from '../../../local/host/servicebus/settlement';
 
 let server: SettlementServer;
@@ -71,6 +71,23 @@ describe('SDK-type binding data', () => {
     // annotation is there). Through the emulator it arrives (see the integration test).
     expect((messages as ServiceBusReceivedMessage).enqueuedTimeUtc).toBeUndefined();
     expect((messages as ServiceBusReceivedMessage)._rawAmqpMessage.messageAnnotations?.['x-opt-enqueued-time']).toEqual(enqueued);
+  });
+
+  it('encodes a large binary body (data section or amqp-value) exactly as rhea does, without copying it through rhea', () => {
+    const big = Buffer.alloc(300_000, 7);
+    big.write('FRYB');
+    const props = { message_id: 'm-2', group_id: 'vm/disk0', content_type: 'application/vnd.ferry.batch', application_properties: { a: 1 }, message_annotations: { 'x-opt-sequence-number': 9 } };
+    for (const body of [big, rhea.message.data_section(big)]) {
+      const m = received({ ...props, body }, '00000000-0000-0000-0000-000000000003');
+      const parts = encodeAmqpMessageParts(m);
+      expect(parts.length).toBe(3); // head, section header, the body itself
+      expect(parts[2]?.length).toBe(big.length);
+      const whole = rhea.message.encode({ ...props, body } as unknown as rhea.Message);
+      expect(Buffer.concat(parts).equals(whole)).toBe(true);
+      const { messages } = createClient('AzureServiceBusReceivedMessage', modelBindingData(m));
+      const got = (messages as ServiceBusReceivedMessage).body as unknown;
+      if (Buffer.isBuffer(body)) expect(Buffer.isBuffer(got) && got.equals(big)).toBe(true); // an amqp-value's bytes as they are
+    }
   });
 
   it('passes text and binary bodies, and many messages as a collection', () => {
