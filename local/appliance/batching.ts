@@ -5,7 +5,7 @@
  */
 import { MAX_RECORDS, type Batch, type BatchRecord } from '../../shared/domain/wire-format';
 
-export const BATCH_DATA_BYTES = 8 * 1024 * 1024;
+export const BATCH_DATA_BYTES = 16 * 1024 * 1024;
 
 export interface RecordDesc {
   kind: 'data' | 'zero';

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobDiskStore } from '../../../shared/azure/blob-disk-store';
 import { sealBatch } from '../../../shared/codec/batch';
 import { envelopeFor } from '../../../shared/codec/envelope';
-import { batchSessionId } from '../../../shared/domain/envelope';
+import { BATCH_CONTENT_TYPE, batchSessionId } from '../../../shared/domain/envelope';
 import type { Batch, BatchRecord } from '../../../shared/domain/wire-format';
 import { apiClient, enableVm } from '../../support/api';
 import { applyToModel } from '../../support/batches';
@@ -30,6 +30,10 @@ const SIZE = MiB;
 const VMS: Record<string, string[]> = { 'vm-a': ['disk0', 'disk1'], 'vm-b': ['disk0'] };
 const ALL_DISKS = Object.entries(VMS).flatMap(([vmId, disks]) => disks.map((diskId) => ({ vmId, diskId })));
 const at = (name: string): number => HEADER_FIELDS.find((f) => f.name === name)!.offset;
+/** A body to send as a binary batch message (docs/wire-format.md, "Binary batch messages"). */
+class BinaryBody {
+  constructor(readonly bytes: Buffer) {}
+}
 
 interface Case {
   name: string;
@@ -59,16 +63,21 @@ describe('hostile messages on replication-batches (local stack)', () => {
   }
 
   async function send(body: unknown, sessionId: string, messageId: string = randomUUID()): Promise<string> {
+    if (body instanceof BinaryBody) {
+      // as the appliance sends a binary batch message: the sealed bytes in an amqp-value section
+      await sender.sendMessages({ body: body.bytes, bodyType: 'value', properties: { messageId, groupId: sessionId, contentType: BATCH_CONTENT_TYPE } });
+      return messageId;
+    }
     await sender.sendMessages({ body, contentType: 'application/json', sessionId, messageId });
     return messageId;
   }
 
   /** Seals and sends a good batch (staged when large), then waits until the cloud reports it applied. */
-  async function sendGood(vmId: string, diskId: string, records: BatchRecord[], extra: Partial<Batch> = {}): Promise<void> {
+  async function sendGood(vmId: string, diskId: string, records: BatchRecord[], extra: Partial<Batch> = {}, binary = false): Promise<void> {
     const b = batch(vmId, diskId, records, extra);
-    const out = envelopeFor(sealBatch(b, keys[vmId]!, 1, randomBytes), { inlineMaxBytes: 32 * 1024 });
+    const out = envelopeFor(sealBatch(b, keys[vmId]!, 1, randomBytes), binary ? { maxMessageBytes: 256 * 1024 } : { inlineMaxBytes: 32 * 1024 });
     if (out.staged) await staging.getBlockBlobClient(out.staged.name).uploadData(out.staged.body);
-    await send(out.envelope, out.sessionId, out.messageId);
+    await send(Buffer.isBuffer(out.envelope) ? new BinaryBody(out.envelope) : out.envelope, out.sessionId, out.messageId);
     applyToModel(models[`${vmId}/${diskId}`]!, records);
     next[`${vmId}/${diskId}`]!++;
     await waitFor(async () => (await vm(vmId)).disks.find((d: { diskId: string }) => d.diskId === diskId).appliedSequence >= b.sequence, `${vmId}/${diskId} seq ${b.sequence} applied`, { timeoutMs: 30_000 });
@@ -208,6 +217,18 @@ describe('hostile messages on replication-batches (local stack)', () => {
     // -- the batch sealed with the other VM's key; a valid batch in another disk's session
     add("sealed with the other VM's key", 'AuthenticationFailed', /refused \(AUTH_FAILED in ciphertext\): it was not sealed with key 1 of VM 'vm-a'/, inlineEnv(sealedNext({}, keys['vm-b'])));
     add("a valid batch in another disk's session", 'WrongSession', /arrived in session 'vm-a\/disk1'; a disk's batches must be sent in session 'vm-a\/disk0'/, inlineEnv(sealedNext()), A, batchSessionId(A, 'disk1'));
+    // -- binary batch messages (the sealed batch is the body): the same checks, from the header
+    {
+      const bytes = Buffer.from(sealedNext());
+      bytes.writeBigUInt64LE(BigInt(Date.now()), at('capturedAt'));
+      add('binary: capturedAt changed', 'AuthenticationFailed', refused('AUTH_FAILED', 'ciphertext'), new BinaryBody(bytes));
+      const version = Buffer.from(sealedNext());
+      version[at('formatVersion')] = 2;
+      add('binary: a header that does not parse', 'InvalidEnvelope', /binary batch message's header is invalid: Batch format version 2/, new BinaryBody(version));
+      add('binary: truncated', 'InvalidBatch', refused('TRUNCATED', 'ciphertext'), new BinaryBody(sealedNext().subarray(0, 300)));
+      add("binary: sealed with the other VM's key", 'AuthenticationFailed', /refused \(AUTH_FAILED in ciphertext\): it was not sealed with key 1 of VM 'vm-a'/, new BinaryBody(sealedNext({}, keys['vm-b'])));
+      add("binary: in another disk's session", 'WrongSession', /arrived in session 'vm-a\/disk1'/, new BinaryBody(sealedNext()), A, batchSessionId(A, 'disk1'));
+    }
     // -- the staged blob reference, one field at a time, and the blob itself
     {
       const s = staged();
@@ -282,8 +303,8 @@ describe('hostile messages on replication-batches (local stack)', () => {
       expect((await readDisk(vmId, diskId)).equals(before[`${vmId}/${diskId}`]!), `${vmId}/${diskId} was changed`).toBe(true);
     }
 
-    // the pipeline is not wedged: the next valid batch of every disk applies
-    for (const { vmId, diskId } of ALL_DISKS) await sendGood(vmId, diskId, [{ kind: 'data', offset: 65536, data: randomBytes(2048) }]);
+    // the pipeline is not wedged: the next valid batch of every disk applies (as a binary message)
+    for (const { vmId, diskId } of ALL_DISKS) await sendGood(vmId, diskId, [{ kind: 'data', offset: 65536, data: randomBytes(2048) }], {}, true);
     for (const { vmId, diskId } of ALL_DISKS) expect((await readDisk(vmId, diskId)).equals(models[`${vmId}/${diskId}`]!), `${vmId}/${diskId} after`).toBe(true);
   });
 });

@@ -32,6 +32,33 @@ function code(fn: () => unknown): [string, string] {
 }
 
 describe('envelope', () => {
+  it('sends a batch that fits the queue as a binary message: the body is the sealed batch, its fields read from the header', () => {
+    const sealed = sealBatch(batch(300 * 1024), KEY, 1, nonce);
+    const out = envelopeFor(sealed, { maxMessageBytes: 1024 * 1024 });
+    expect(Buffer.isBuffer(out.envelope) && out.envelope === sealed).toBe(true);
+    expect(out.staged).toBeUndefined();
+    expect(out.sessionId).toBe('web-01/disk0');
+    const env = parseEnvelope(sealed);
+    expect(env).toMatchObject({ v: 1, vmId: 'web-01', diskId: 'disk0', epoch: 3, seq: 42, keyId: 1, capturedAt: 1_764_147_600_000 });
+    expect(sealedBytesFrom(env).equals(sealed)).toBe(true);
+    expect(openBatch(sealedBytesFrom(env), () => KEY, expectationFrom(env)).records).toHaveLength(1);
+    // too large for the queue (4 KiB kept for the message's own overhead): staged as before
+    expect(envelopeFor(sealed, { maxMessageBytes: sealed.length + 4095 }).staged).toBeDefined();
+    expect(Buffer.isBuffer(envelopeFor(sealed, { maxMessageBytes: sealed.length + 4096 }).envelope)).toBe(true);
+    // the queue's limit unknown: the JSON forms
+    expect(Buffer.isBuffer(envelopeFor(sealed).envelope)).toBe(false);
+  });
+
+  it('refuses a binary message whose header does not parse, naming the field', () => {
+    const sealed = sealBatch(batch(1024), KEY, 1, nonce);
+    const bad = Buffer.from(sealed);
+    bad[4] = 9; // formatVersion
+    expect(code(() => parseEnvelope(bad))).toEqual(['BAD_ENVELOPE', 'body.formatVersion']);
+    expect(code(() => parseEnvelope(sealed.subarray(0, 100)))).toEqual(['BAD_ENVELOPE', 'body.header']);
+    // bytes that are not a batch at all are taken for JSON text and refused as such
+    expect(code(() => parseEnvelope(Buffer.from([1, 2, 3, 4, 5])))[0]).toBe('BAD_ENVELOPE');
+  });
+
   it('carries a small batch inline and round-trips through JSON', () => {
     const sealed = sealBatch(batch(4096), KEY, 1, nonce);
     const out = envelopeFor(sealed);
