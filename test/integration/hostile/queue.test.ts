@@ -225,7 +225,8 @@ describe('hostile messages on replication-batches (local stack)', () => {
       const version = Buffer.from(sealedNext());
       version[at('formatVersion')] = 2;
       add('binary: a header that does not parse', 'InvalidEnvelope', /binary batch message's header is invalid: Batch format version 2/, new BinaryBody(version));
-      add('binary: truncated', 'InvalidBatch', refused('TRUNCATED', 'ciphertext'), new BinaryBody(sealedNext().subarray(0, 300)));
+      const whole = sealedNext();
+      add('binary: truncated by one byte', 'InvalidEnvelope', /binary batch message's header is invalid: The batch is \d+ bytes; ciphertext needs at least \d+/, new BinaryBody(whole.subarray(0, whole.length - 1)));
       add("binary: sealed with the other VM's key", 'AuthenticationFailed', /refused \(AUTH_FAILED in ciphertext\): it was not sealed with key 1 of VM 'vm-a'/, new BinaryBody(sealedNext({}, keys['vm-b'])));
       add("binary: in another disk's session", 'WrongSession', /arrived in session 'vm-a\/disk1'/, new BinaryBody(sealedNext()), A, batchSessionId(A, 'disk1'));
     }
