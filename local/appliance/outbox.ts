@@ -3,11 +3,11 @@
  * strictly in sequence order (staged payloads upload in parallel, `--threads`, but messages
  * leave one after the other), so one disk's session sees 1, 2, 3...
  *
- * Memory first, disk only when the cloud is away: a sealed batch stays in memory, and goes to
+ * Memory first: a sealed batch stays in memory, and goes to
  * `<cacheDir>/<vmId>/<diskId>/<epoch, 10 digits>-<sequence, 20 digits>.fryb` when Service Bus
- * or Storage is unreachable and the memory budget is exceeded, or when `sync()` finds it still
- * unsent after waiting a while. While the cloud is reachable but slower than the agent, the
- * agent waits at the memory budget instead (`waitForRoom`): writing a batch to disk, reading it
+ * or Storage is unreachable and the memory budget is exceeded, and at every `sync()` (the
+ * agent's checkpoint). While the cloud is reachable but slower than the agent, the agent waits
+ * at the memory budget instead (`waitForRoom`) of spilling: writing a batch to disk, reading it
  * back and deleting it costs about as much CPU as sending it (measured: a 1 GiB initial copy
  * spent ~4 s of the appliance's CPU on cache files), for no gain while the cloud takes them.
  *
@@ -132,8 +132,6 @@ const MB = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;
 const name = (epoch: number, seq: number) => `${String(epoch).padStart(10, '0')}-${String(seq).padStart(20, '0')}.fryb`;
 const FILE_RE = /^(\d{10})-(\d{20})\.fryb$/;
 const RESERVE_AHEAD = 16;
-/** How long `sync()` waits for in-memory batches to be sent before writing them (cloud reachable). */
-const SYNC_SEND_WAIT_MS = 10_000;
 
 type SeqFile = Record<string, { epoch: number; seq: number }>;
 
@@ -496,10 +494,6 @@ export class Outbox {
    */
   async sync(): Promise<void> {
     const todo = [...this.disks.values()].flatMap((q) => [...q.entries.values()]).filter((e) => !e.durable);
-    // While the cloud takes them, batches in memory are about to be sent: wait for that rather
-    // than write them (a little while; what is left then is written, as when offline).
-    const until = Date.now() + SYNC_SEND_WAIT_MS;
-    while (!this.stats.offline && !this.closed && Date.now() < until && todo.some((e) => !e.gone && !e.file)) await this.spaceEvent(Math.max(1, until - Date.now()));
     let blocked = false;
     try {
       for (;;) {
