@@ -57,8 +57,13 @@ export class AzureTransport implements CloudTransport {
     await sender.sendMessages(message);
   }
 
-  /** The queue's maximum message size as the broker announces it on the sender link. */
+  /**
+   * The queue's maximum message size as the broker announces it on the sender link; 0 (JSON
+   * forms only) unless FERRY_BINARY_MESSAGES=1: binary batch messages are opt-in this round
+   * (README, Roadmap).
+   */
   async maxMessageBytes(): Promise<number> {
+    if (process.env.FERRY_BINARY_MESSAGES !== '1') return 0;
     const batch = await this.batchSender().createMessageBatch();
     return batch.maxSizeInBytes;
   }

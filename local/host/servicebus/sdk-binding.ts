@@ -41,36 +41,7 @@ export function lockTokenBytes(token: string): Buffer {
 
 /** The received message encoded again as one AMQP message (bare message plus annotations). */
 export function encodeAmqpMessage(message: ServiceBusReceivedMessage): Buffer {
-  return Buffer.concat(encodeAmqpMessageParts(message));
-}
-
-/** An empty body as rhea encodes it last when a message has none: described(0x77, null). */
-const NULL_VALUE_SECTION = Buffer.from([0x00, 0x53, 0x77, 0x40]);
-
-/**
- * The encoding as parts to concatenate: a large binary body (a data section, or an amqp-value
- * holding binary) is not copied through rhea's growing writer (three copies of a multi-MiB
- * batch, measured at ~1.5 s of the host's CPU per GiB) but appended as is after its section
- * header; the bytes are exactly rhea's (test/unit/host/sdk-binding.test.ts).
- */
-export function encodeAmqpMessageParts(message: ServiceBusReceivedMessage): Buffer[] {
   const raw = message._rawAmqpMessage;
-  const body = raw.body as unknown;
-  const section = body as { typecode?: unknown; content?: unknown; multiple?: unknown } | null;
-  const bytes = Buffer.isBuffer(body) ? body : section && section.typecode === 0x75 && !section.multiple && Buffer.isBuffer(section.content) ? section.content : undefined;
-  const noFooter = !raw.footer || Object.keys(raw.footer).length === 0;
-  if (bytes !== undefined && bytes.length >= 256 && noFooter) {
-    const head = rhea.message.encode(rheaMessageOf({ ...raw, body: undefined }));
-    if (head.subarray(head.length - NULL_VALUE_SECTION.length).equals(NULL_VALUE_SECTION)) {
-      const sectionHeader = Buffer.from([0x00, 0x53, Buffer.isBuffer(body) ? 0x77 : 0x75, 0xb0, 0, 0, 0, 0]);
-      sectionHeader.writeUInt32BE(bytes.length, 4);
-      return [head.subarray(0, head.length - NULL_VALUE_SECTION.length), sectionHeader, bytes];
-    }
-  }
-  return [rhea.message.encode(rheaMessageOf(raw))];
-}
-
-function rheaMessageOf(raw: ServiceBusReceivedMessage['_rawAmqpMessage']): rhea.Message {
   const rheaMessage: Record<string, unknown> = {
     ...AmqpMessageHeader.toRheaMessageHeader(raw.header ?? {}),
     ...AmqpMessageProperties.toRheaMessageProperties(raw.properties ?? {}),
@@ -81,7 +52,7 @@ function rheaMessageOf(raw: ServiceBusReceivedMessage['_rawAmqpMessage']): rhea.
   if (raw.footer && Object.keys(raw.footer).length > 0) rheaMessage.footer = raw.footer;
   // The body as rhea decoded it: a data or sequence Section (encoded back as is), or an amqp-value.
   if (raw.body !== undefined) rheaMessage.body = raw.body;
-  return rheaMessage as unknown as rhea.Message;
+  return rhea.message.encode(rheaMessage as unknown as rhea.Message);
 }
 
 export function modelBindingData(message: ServiceBusReceivedMessage): ModelBindingData {
@@ -90,7 +61,7 @@ export function modelBindingData(message: ServiceBusReceivedMessage): ModelBindi
     version: '1.0',
     source: MODEL_BINDING_SOURCE,
     contentType: 'application/octet-stream',
-    content: Buffer.concat([lockTokenBytes(message.lockToken), LOCK_TOKEN_MARKER, ...encodeAmqpMessageParts(message)]),
+    content: Buffer.concat([lockTokenBytes(message.lockToken), LOCK_TOKEN_MARKER, encodeAmqpMessage(message)]),
   };
 }
 
