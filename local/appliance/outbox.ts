@@ -443,8 +443,13 @@ export class Outbox {
     this.bytes += sealed.length;
     this.stats.pendingBatches++;
     this.stats.spooledBytes = this.bytes;
-    if (this.stats.offline && this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
+    this.spillIfOffline();
     this.kick(diskId);
+  }
+
+  /** While the cloud is away, what exceeds the memory budget goes to disk (online, producers wait instead). */
+  private spillIfOffline(): void {
+    if (this.stats.offline && this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
   }
 
   private writeEntry(e: Entry, fsync: boolean): void {
@@ -603,7 +608,7 @@ export class Outbox {
           this.stats.offline = true;
           this.options.log?.warn({ what, err: errorMessage(err) }, `${service} unreachable; spooling batches to the cache and retrying`);
           // producers waiting at the memory budget go on; what exceeds it goes to disk
-          if (this.memBytes > this.memoryBudget && this.noSpace === null) this.spill(false);
+          this.spillIfOffline();
           this.checkRoom();
         }
         await this.transport.reset?.().catch(() => undefined);

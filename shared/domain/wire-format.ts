@@ -314,6 +314,18 @@ function readId(bytes: Buffer, lengthOffset: number, slotOffset: number, field: 
 }
 
 /**
+ * The VM id a batch's header names, read from its slot without checking anything else (for
+ * the health record of a batch whose header does not parse); undefined if it is not a valid id.
+ */
+export function claimedVmId(bytes: Uint8Array): string | undefined {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = b.length > OFF.vmIdLength ? (b[OFF.vmIdLength] as number) : 0;
+  if (n < 1 || n > ID_MAX_LENGTH || b.length < OFF.vmId + n) return undefined;
+  const id = b.toString('latin1', OFF.vmId, OFF.vmId + n);
+  return ID_PATTERN.test(id) ? id : undefined;
+}
+
+/**
  * Parses and checks the prefix of a sealed batch and its total length, without a key
  * (docs/wire-format.md, "What the decoder checks", steps 1-3). The result is not yet
  * authenticated: use it to choose the key, never to act on the data.

@@ -21,7 +21,7 @@ import { batchSessionId, isBinaryBatchBody, parseEnvelope, type BatchEnvelope } 
 import { decideBatch } from '../domain/sequencing';
 import { acceptsBatches, transition } from '../domain/state-machine';
 import { isWireFormatError } from '../domain/wire-format-error';
-import type { DecodedBatch } from '../domain/wire-format';
+import { claimedVmId, type DecodedBatch } from '../domain/wire-format';
 import { isDiskStoreError, type ApplyStats } from '../ports/disk-store';
 import type { CaptureStore } from '../ports/capture-store';
 import { isStateStoreError, type DiskRecord, type VmRecord, type VmWithDisks } from '../ports/state-store';
@@ -570,13 +570,7 @@ async function deleteStaged(deps: ApplyDeps, env: BatchEnvelope): Promise<void> 
 
 /** The vmId of an unparseable message, when it names a plausible one (for its health). */
 function vmIdOf(body: unknown): string | undefined {
-  if (isBinaryBatchBody(body)) {
-    // the vmId slot of a header that did not parse (docs/wire-format.md): length byte 68, id from 69
-    const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-    const n = b.length > 68 ? (b[68] as number) : 0;
-    const v = n >= 1 && n <= 63 && b.length >= 69 + n ? b.toString('latin1', 69, 69 + n) : undefined;
-    return v !== undefined && /^[a-z0-9][a-z0-9-]{0,62}$/.test(v) ? v : undefined;
-  }
+  if (isBinaryBatchBody(body)) return claimedVmId(body);
   let obj = body;
   if (typeof body === 'string' || body instanceof Uint8Array) {
     try {
