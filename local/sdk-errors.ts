@@ -1,10 +1,14 @@
 /**
  * Errors the Azure Service Bus SDK's AMQP stack raises from its own timers or un-awaited
- * promises (a link or session close that times out while Service Bus is unreachable, the
- * address getter of a closed link, and the like). Application code cannot catch them; they
- * would end the process. The local functions host and the `ferry` CLI log them and go on
- * (Azure's own Functions host runs its Service Bus extension in .NET and is not exposed).
- * Anything else still ends the process.
+ * promises (a link or session close that times out while Service Bus is unreachable, and the
+ * like). Application code cannot catch them; they would end the process. The local functions
+ * host and the `ferry` CLI log them and go on (Azure's own Functions host runs its Service Bus
+ * extension in .NET and is not exposed). Anything else still ends the process.
+ *
+ * Going on is not always harmless: an error thrown inside a timer may leave the promise that
+ * timer should have settled pending for ever. The one such error seen here, the address getter
+ * of a link whose connection came back, hung sends; shared/azure/amqp-fixes.ts mends it, and
+ * a new kind of warning here deserves the same look.
  */
 import type { Logger } from 'pino';
 

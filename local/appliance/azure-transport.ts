@@ -1,5 +1,6 @@
 /** The CloudTransport over the Azure SDKs: staging blobs with @azure/storage-blob, messages with @azure/service-bus. */
 import { ServiceBusClient, type ServiceBusSender } from '@azure/service-bus';
+import '../../shared/azure/amqp-fixes';
 import type { AmqpAnnotatedMessage } from '@azure/core-amqp';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import type { CloudTransport } from './outbox';

@@ -1,5 +1,6 @@
 /** CompactionQueue over the Service Bus session queue `compactions` (one sender per process). */
 import { ServiceBusClient, type ServiceBusSender } from '@azure/service-bus';
+import './amqp-fixes';
 import { COMPACTIONS_QUEUE, compactionSessionId, type CompactionQueue, type CompactionRequest } from '../ports/compaction-queue';
 
 /**

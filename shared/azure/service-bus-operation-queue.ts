@@ -1,5 +1,6 @@
 /** OperationQueue over the Service Bus queue `operations` (one sender per process). */
 import { ServiceBusClient, type ServiceBusSender } from '@azure/service-bus';
+import './amqp-fixes';
 import { OPERATIONS_QUEUE, type OperationMessage, type OperationQueue } from '../ports/operation-queue';
 
 export class ServiceBusOperationQueue implements OperationQueue {

@@ -28,6 +28,7 @@ import {
   type ServiceBusReceiver,
   type ServiceBusSessionReceiver,
 } from '@azure/service-bus';
+import '../../../shared/azure/amqp-fixes';
 import type { Logger } from 'pino';
 import type { RegisteredFunction } from '../core-api';
 import { HostError } from '../errors';
