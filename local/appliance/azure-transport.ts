@@ -60,11 +60,10 @@ export class AzureTransport implements CloudTransport {
 
   /**
    * The queue's maximum message size as the broker announces it on the sender link; 0 (JSON
-   * forms only) unless FERRY_BINARY_MESSAGES=1: binary batch messages are opt-in this round
-   * (README, Roadmap).
+   * forms only) with FERRY_BINARY_MESSAGES=0, for functions older than binary batch messages.
    */
   async maxMessageBytes(): Promise<number> {
-    if (process.env.FERRY_BINARY_MESSAGES !== '1') return 0;
+    if (process.env.FERRY_BINARY_MESSAGES === '0') return 0;
     const batch = await this.batchSender().createMessageBatch();
     return batch.maxSizeInBytes;
   }
