@@ -267,15 +267,21 @@ export class MobilityAgent {
       stats.zeroBytes += length;
     };
 
-    // 1. the change journal: exactly the written sectors; fingerprints of the touched blocks follow.
-    // Not in a rescan: the scan below reads every block anyway, and the journal path would refresh
-    // a touched block's fingerprint from its whole current content, so a write that bypassed
-    // TrackedDisk in the same 64 KiB block would look replicated and be skipped by the scan (seen
-    // under load: migrate's final pass lost a plain file write next to pending churn). In a rescan
-    // the fingerprint keeps meaning "what the cloud has", and a touched block that differs is sent
-    // whole; the journal is consumed all the same.
+    // 1. the change journal: exactly the written sectors, in every kind of pass.
+    // Outside a rescan the fingerprints of the touched blocks are then refreshed from their whole
+    // content. Not in a rescan: the scan below reads every block anyway, and a refresh would make
+    // a write that bypassed TrackedDisk in the same 64 KiB block look replicated, so the scan
+    // would skip it (seen under load: migrate's final pass lost a plain file write next to
+    // pending churn). In a rescan the fingerprint keeps meaning "what the cloud has", and a
+    // touched block that differs is sent whole.
+    // The journal's sectors are still sent in a rescan: an earlier delta pass may have refreshed
+    // a block's fingerprint from content that already held a TrackedDisk write made after that
+    // pass read the journal (the write's record is in this pass's journal). The block then
+    // matches its fingerprint, and only the journal sends that write (seen in the
+    // process-server-kill fault test, whose agent rescans after going back to its checkpoint:
+    // one 4 KiB write lost).
     for (const range of journal.ranges) stats.dirtyBytes += range.length;
-    if (phase !== 'rescan') await this.sendDirty(r, journal.ranges.map((x) => ({ ...x })), addData, addZero);
+    await this.sendDirty(r, journal.ranges.map((x) => ({ ...x })), addData, addZero, phase !== 'rescan');
 
     // 2. the initial copy (resumed) or a rescan; records of a batch must be sorted, so the
     // journal's batch is closed first
@@ -350,6 +356,7 @@ export class MobilityAgent {
     ranges: DirtyRange[],
     addData: (o: number, d: Buffer, at: number) => Promise<void>,
     addZero: (o: number, l: number, at: number) => Promise<void>,
+    refreshFingerprints: boolean,
   ): Promise<void> {
     if (ranges.length === 0) return;
     const size = r.d.sizeBytes;
@@ -385,7 +392,7 @@ export class MobilityAgent {
             else await addData(ps, piece, at);
           }
         }
-        for (let b = from; b < to; b += FP_BLOCK_BYTES) {
+        for (let b = from; refreshFingerprints && b < to; b += FP_BLOCK_BYTES) {
           // Only the journal's sectors were sent. A block never replicated whole (the initial copy
           // or a resync has not reached it) keeps its unknown fingerprint, so the scan still sends
           // all of it; refreshing it here would make the scan skip the rest of the block.

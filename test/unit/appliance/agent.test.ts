@@ -200,11 +200,67 @@ describe('MobilityAgent', () => {
     const agent = new MobilityAgent(stateDir, 'vmm', sink);
     const r = await agent.pass({ rescan: true, tag: 'crash-consistent' });
     expect(sink.models.get('disk0')!.equals(img)).toBe(true);
-    expect(r.disks[0]!.dataBytes).toBe(3 * 65536); // the three touched blocks, whole
+    // the three touched blocks, whole, after the journal's three 4 KiB writes (a rescan sends
+    // the journal too: see the next test)
+    expect(r.disks[0]!.dataBytes).toBe(3 * 65536 + 3 * 4096);
     // and nothing is sent twice afterwards: the journal is consumed, the fingerprints are right
     const again = await agent.pass({ rescan: true, tag: 'crash-consistent' });
     agent.close();
     expect(again.disks[0]!.dataBytes).toBe(0);
+  });
+
+  it('a TrackedDisk write made while a delta pass runs, into a block that pass refreshes, reaches the cloud even if the next pass is a rescan', async () => {
+    // Found by the process-server-kill fault test (one 4 KiB write lost): a delta pass reads the
+    // journal, a write lands in a touched block before the pass reads that block, and the
+    // block's fingerprint is refreshed from content that holds the write, though only the
+    // journal's older sectors were sent. The write's record stays for the next pass; when that
+    // pass is a rescan (after going back to a checkpoint, or `replicate --once`), the block
+    // matches its fingerprint, so only the journal can send the write.
+    const stateDir = join(dir, 's-race');
+    const path = join(dir, 'race.img');
+    const img = diskImage(path, 24 * MiB, 41);
+    enableLocally(stateDir, 'vmr', [{ path, size: img.length }]);
+    let during: (() => void) | undefined;
+    class HookedSink extends ModelSink {
+      override async submit(plain: PlainBatch, release: () => void): Promise<void> {
+        const hook = during;
+        during = undefined;
+        hook?.(); // runs when the pass hands over its first full batch, before it reads the later blocks
+        return super.submit(plain, release);
+      }
+    }
+    const sink = new HookedSink();
+    const first = new MobilityAgent(stateDir, 'vmr', sink);
+    await first.pass({ tag: 'crash-consistent' });
+    first.close();
+    expect(sink.models.get('disk0')!.equals(img)).toBe(true);
+
+    const disk = TrackedDisk.open(path, stateDir);
+    const write = (off: number, data: Buffer): void => {
+      disk.write(off, data);
+      data.copy(img, off);
+    };
+    // 17 MiB of journal first, so the pass fills a 16 MiB batch and hands it over mid-journal,
+    write(0, Buffer.alloc(17 * MiB, 0x31));
+    // then a 4 KiB write in the 64 KiB block at 20 MiB
+    write(20 * MiB, Buffer.alloc(4096, 0x32));
+    // and, while the pass runs, one more in that block, beside it
+    during = () => write(20 * MiB + 32768, Buffer.alloc(4096, 0x33));
+    const agent = new MobilityAgent(stateDir, 'vmr', sink);
+    const delta = await agent.pass({ rescan: false, tag: 'crash-consistent' });
+    expect(during).toBeUndefined(); // the write happened during the delta pass
+    expect(delta.disks[0]!.dataBytes).toBe(17 * MiB + 4096); // the journal as read at its start
+    agent.close();
+    disk.close();
+
+    // the next pass is a rescan from a new agent, as after going back to the checkpoint
+    const again = new MobilityAgent(stateDir, 'vmr', sink);
+    const r = await again.pass({ rescan: true, tag: 'crash-consistent' });
+    again.close();
+    const model = sink.models.get('disk0')!;
+    expect(model.subarray(20 * MiB + 32768, 20 * MiB + 36864).equals(Buffer.alloc(4096, 0x33))).toBe(true);
+    expect(model.equals(img)).toBe(true);
+    expect(r.disks[0]!.dataBytes).toBe(4096); // the journal's one write; the scan finds every block as sent
   });
 
   it('a sink that releases a batch buffer as soon as it has copied it (the HTTPS client): two disks changing between passes stay exact', async () => {
