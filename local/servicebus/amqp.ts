@@ -186,9 +186,14 @@ export function answerEveryDrain(link: rhea.Sender): void {
     if (!this._draining || !this._drained) return false;
     this.delivery_count += this.credit;
     this.credit = 0;
-    // Answered once: a later flow frame of this link (none is expected before the peer's next
-    // flow, which sets _draining again) does not repeat it.
+    // Answered once. The drain is over (credit 0) until the peer's next flow sets _draining
+    // again; left set, every later dispatch of the entity (completeDrain from idle()) answered
+    // it again, and a late "drained" flow that crossed the peer's next receive zeroed the
+    // peer's credit while this side counted it: the SDK then skipped its drain at the end of
+    // that receive and messages went to the idle link (a SequenceGap in the fault suite;
+    // test/integration/servicebus/drain-leftover.test.ts).
     this._drained = false;
+    this._draining = false;
     return true;
   };
 }
