@@ -130,6 +130,34 @@ describe('Outbox', () => {
     box.close();
   });
 
+  it('while the cloud is reachable but slow, makes producers wait at the memory budget instead of spilling to disk', async () => {
+    const t = new FakeTransport();
+    let open!: () => void;
+    let gate = new Promise<void>((r) => (open = r));
+    const send = t.send.bind(t);
+    t.send = async (m) => {
+      await gate;
+      return send(m);
+    };
+    const path = join(dir, 'g');
+    const box = new Outbox(path, t, { threads: 1, maxBytes: 1e9, memoryBudgetBytes: 5000 });
+    for (let seq = 1; seq <= 6; seq++) box.put('disk0', 1, seq, sealed('disk0', seq, 1024));
+    let roomy = false;
+    const wait = box.waitForRoom().then(() => (roomy = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(roomy).toBe(false); // 6 KiB in memory, budget 5000 bytes: the agent waits
+    expect(existsSync(join(path, 'disk0'))).toBe(false); // nothing spilled meanwhile
+    open();
+    gate = Promise.resolve();
+    await wait;
+    expect(roomy).toBe(true);
+    await box.idle();
+    expect(t.sent.map((s) => s.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(box.stats.offline).toBe(false);
+    expect(existsSync(join(path, 'disk0'))).toBe(false); // never written
+    box.close();
+  });
+
   it('makes producers wait while the cache is full instead of dropping', async () => {
     const t = new FakeTransport();
     t.down = true;
