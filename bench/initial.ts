@@ -18,7 +18,7 @@ import { azureTransport, cloudApi, enable } from '../local/appliance/commands';
 import { ProcessServer } from '../local/appliance/process-server';
 import { startEphemeralStack, type EphemeralStack } from '../local/stack/ephemeral';
 import { createLogger } from '../local/log';
-import { CORES, cpuBetween, describeCpu, sampleCpu, totalCpu, type CpuSeconds } from './cpu';
+import { CORES, cpuBetween, describeCpu, measured, sampleCpu, totalCpu, type CpuSeconds } from './cpu';
 import type { BenchResult } from './types';
 
 const MiB = 1024 * 1024;
@@ -49,11 +49,7 @@ function makeImage(path: string, kind: 'disk-like' | 'random'): void {
 async function plainUpload(stack: EphemeralStack, path: string, name: string): Promise<{ secs: number; cpu: CpuSeconds }> {
   const container = BlobServiceClient.fromConnectionString(stack.storageConnectionString).getContainerClient('bench-plain');
   await container.createIfNotExists();
-  const before = sampleCpu(stack, 'client');
-  const start = performance.now();
-  await container.getBlockBlobClient(name).uploadFile(path, { blockSize: 8 * MiB, concurrency: 4 });
-  const secs = (performance.now() - start) / 1000;
-  const cpu = cpuBetween(before, sampleCpu(stack, 'client'));
+  const { wall: secs, cpu } = await measured(stack, 'client', () => container.getBlockBlobClient(name).uploadFile(path, { blockSize: 8 * MiB, concurrency: 4 }));
   await container.getBlockBlobClient(name).delete();
   return { secs, cpu };
 }

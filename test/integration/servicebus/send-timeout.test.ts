@@ -19,7 +19,7 @@ import '../../../shared/azure/amqp-fixes';
 import { configOf, startHarness, uniqueName, type Harness } from './helpers';
 
 /** A TCP proxy to the emulator that can swallow what clients send, and drop every connection. */
-class Proxy {
+class CuttableProxy {
   readonly server: Server;
   swallow = false;
   private readonly sockets = new Set<Socket>();
@@ -62,13 +62,13 @@ function rheaLinkOf(sender: unknown): { _reconnect(): void } {
 describe('a send cut off before its settlement', () => {
   const queue = uniqueName('cut');
   let h: Harness;
-  let proxy: Proxy;
+  let proxy: CuttableProxy;
   let client: ServiceBusClient;
   const uncaught: unknown[] = [];
   const onUncaught = (err: unknown): void => void uncaught.push(err);
   beforeAll(async () => {
     h = await startHarness(configOf([{ Name: queue }]), { store: 'memory' });
-    proxy = new Proxy({ host: h.emulator.host, port: h.emulator.port });
+    proxy = new CuttableProxy({ host: h.emulator.host, port: h.emulator.port });
     const port = await proxy.listen();
     const connection = h.emulator.connectionString.replace(/Endpoint=sb:\/\/[^;/]+/, `Endpoint=sb://127.0.0.1:${port}`);
     expect(connection).toContain(`:${port}`);
